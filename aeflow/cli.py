@@ -1,0 +1,169 @@
+"""`aeflow` command line: each subcommand parses flags and calls one library function.
+
+jobs/*.py call the same `main(argv)` entry points, so `ray job submit ... python jobs/compress.py`
+and `aeflow compress` run one code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from aeflow import pipeline, storage
+
+
+def _job_flags(p: argparse.ArgumentParser, model_help: str) -> None:
+    p.add_argument("--input", required=True, help="local path or s3://bucket/prefix")
+    p.add_argument("--output", required=True, help="local path or s3://bucket/prefix")
+    p.add_argument("--model", default="", help=model_help)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=0, help="model actors (default: one per free CPU/GPU)")
+    p.add_argument("--gpus", type=float, default=0.0, help="GPUs per model actor (default 0: CPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per actor (default: CPUs/actors)")
+    p.add_argument("--max-errors", type=float, default=-1,
+                   help="fail the job past N failed inputs (N >= 1) or a fraction (0 < N < 1); "
+                        "default: fail only when every input failed")
+    _endpoint_flag(p)
+
+
+def _endpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", default=None,
+                   help="S3 endpoint (default: $AWS_ENDPOINT_URL, else AWS); credentials from the AWS environment")
+
+
+def _job(args: argparse.Namespace, **extra) -> pipeline.JobConfig:
+    return pipeline.JobConfig(
+        input=args.input, output=args.output, model=args.model, batch_size=args.batch_size,
+        concurrency=args.concurrency, gpus=args.gpus, threads=args.threads, max_errors=args.max_errors,
+        storage=storage.StorageOptions(endpoint_url=args.endpoint_url), **extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aeflow", description="Autoencoder image work at archive scale on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fit a model with Ray Train (or plain PyTorch with --no-ray)")
+    p.add_argument("--task", default="codec", choices=["codec", "denoise"])
+    p.add_argument("--data", required=True, help="image URI to cut training crops from")
+    p.add_argument("--out", required=True, help="model folder URI to write")
+    p.add_argument("--storage", default="", help="checkpoint URI (default: <out>-checkpoints); re-runs resume")
+    p.add_argument("--name", default="run", help="run name under --storage")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--gpu", action="store_true", help="train on GPUs (one per worker)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--crop", type=int, default=128)
+    p.add_argument("--crops-per-image", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", default="", help="model to start from (URI or shipped name)")
+    p.add_argument("--rate-weight", type=float, default=0.01, help="codec: weight of the latent rate proxy")
+    p.add_argument("--sigma-max", type=float, default=50.0, help="denoise: max noise std (0-255)")
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--latent-channels", type=int, default=48)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--no-ray", action="store_true", help="plain PyTorch loop (machines without Ray)")
+    _endpoint_flag(p)
+
+    p = sub.add_parser("compress", help="images -> latents Parquet")
+    _job_flags(p, "codec folder URI or shipped name (default: codec-default)")
+
+    p = sub.add_parser("decompress", help="latents Parquet -> PNG images")
+    _job_flags(p, "codec to decode with (default: found from each row's fingerprint among shipped models)")
+    p.add_argument("--format", default="png", choices=["png", "webp", "jpeg"])
+
+    p = sub.add_parser("restore", help="images -> restored images")
+    _job_flags(p, "restoration model URI (default: the shipped model for --task)")
+    p.add_argument("--task", default="denoise")
+    p.add_argument("--format", default="png", choices=["png", "webp", "jpeg"])
+
+    p = sub.add_parser("generate", help="new images decoded from sampled latents")
+    p.add_argument("--output", required=True)
+    p.add_argument("--count", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--concurrency", type=int, default=0)
+    p.add_argument("--gpus", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=0)
+    _endpoint_flag(p)
+
+    p = sub.add_parser("eval", help="compress/decompress round trip on an image URI: bpp and PSNR per image")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True, help="work folder for latents, decoded images and eval.json")
+    p.add_argument("--model", default="")
+    _endpoint_flag(p)
+
+    p = sub.add_parser("demo", help="the whole product on bundled real photos, with a results table")
+    p.add_argument("--out", default="aeflow-demo", help="folder for the demo's inputs and outputs")
+    return parser
+
+
+def _print_summary(s: pipeline.JobSummary) -> None:
+    print(f"{s.job}: {s.written} written, {s.failed} failed, {s.skipped} skipped of {s.inputs} inputs "
+          f"in {s.seconds:.1f} s -> {s.output}")
+    for e in s.errors[:10]:
+        print(f"  error: {e['path']} [{e['stage']}] {e['error']}")
+    if len(s.errors) > 10:
+        print(f"  ... {len(s.errors) - 10} more in {s.output}/errors.parquet")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch a parsed command line; returns the exit code."""
+    if args.command == "train":
+        from aeflow.training import TrainConfig, train
+
+        cfg = TrainConfig(
+            task=args.task, data=args.data, out=args.out, storage=args.storage, name=args.name,
+            workers=args.workers, use_gpu=args.gpu, epochs=args.epochs, batch_size=args.batch_size,
+            crop=args.crop, crops_per_image=args.crops_per_image, lr=args.lr, seed=args.seed, init=args.init,
+            rate_weight=args.rate_weight, sigma_max=args.sigma_max, channels=args.channels,
+            latent_channels=args.latent_channels, width=args.width, no_ray=args.no_ray, threads=args.threads)
+        print(json.dumps(train(cfg, storage.StorageOptions(endpoint_url=args.endpoint_url))))
+        return 0
+    if args.command == "demo":
+        from aeflow.demo import run_demo
+
+        run_demo(args.out)
+        return 0
+    if args.command == "eval":
+        from aeflow.evaluate import evaluate_codec
+
+        report = evaluate_codec(args.input, args.output, args.model,
+                                storage.StorageOptions(endpoint_url=args.endpoint_url))
+        print(json.dumps(report["mean"]))
+        return 0
+    if args.command == "generate":
+        job = pipeline.JobConfig(input="", output=args.output, model=args.model, batch_size=args.batch_size,
+                                 concurrency=args.concurrency, gpus=args.gpus, threads=args.threads,
+                                 count=args.count, seed=args.seed,
+                                 storage=storage.StorageOptions(endpoint_url=args.endpoint_url))
+        _print_summary(pipeline.generate(job))
+        return 0
+    if args.command == "compress":
+        summary = pipeline.compress(_job(args))
+    elif args.command == "decompress":
+        summary = pipeline.decompress(_job(args, format=args.format))
+    else:
+        summary = pipeline.restore(_job(args, format=args.format, task=args.task))
+    _print_summary(summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except pipeline.JobFailed as e:
+        _print_summary(e.summary)
+        print(f"aeflow {args.command}: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as e:
+        print(f"aeflow {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

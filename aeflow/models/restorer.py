@@ -1,0 +1,56 @@
+"""The restoration autoencoder: a small residual U-Net (DnCNN's residual learning, U-Net's skips)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from aeflow.models.layers import pad_to_multiple
+
+
+@dataclass(frozen=True)
+class ResidualUNetConfig:
+    """Shape of a restorer. Saved as config.json beside the weights."""
+
+    kind: str = "restore"
+    task: str = "denoise"
+    width: int = 32
+    depth: int = 2  # number of stride-2 levels; the input is padded to a multiple of 2**depth
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True),
+    )
+
+
+class ResidualUNet(nn.Module):
+    """Predicts the degradation (noise) and subtracts it from the input: out = x - f(x)."""
+
+    def __init__(self, config: ResidualUNetConfig = ResidualUNetConfig()):
+        super().__init__()
+        self.config = config
+        w = config.width
+        widths = [w * 2**i for i in range(config.depth + 1)]
+        self.head = _block(3, widths[0])
+        self.downs = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(a, b, 2, stride=2), _block(b, b)) for a, b in zip(widths, widths[1:])
+        )
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(widths, widths[1:]))
+        self.merges = nn.ModuleList(_block(a, a) for a in widths[:-1])
+        self.tail = nn.Conv2d(widths[0], 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) in [0, 1], any H, W -> restored image, same size (not clamped)."""
+        padded, (h, w) = pad_to_multiple(x, 2**self.config.depth)
+        skips = []
+        f = self.head(padded)
+        for down in self.downs:
+            skips.append(f)
+            f = down(f)
+        for up, merge, skip in zip(reversed(self.ups), reversed(self.merges), reversed(skips)):
+            f = merge(up(f) + skip)
+        return (padded - self.tail(f))[..., :h, :w]

@@ -1,0 +1,114 @@
+"""URIs (local paths or s3://bucket/prefix) -> fsspec filesystems, listing, key mirroring, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+
+import fsspec
+import pyarrow.fs
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How to reach object storage. Empty fields fall back to the standard AWS environment
+    (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...), which botocore reads itself."""
+
+    endpoint_url: str | None = None
+
+    def s3_kwargs(self) -> dict:
+        kw: dict = {}
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            kw["endpoint_url"] = endpoint
+        return kw
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """'s3://b/p' -> ('s3', 'b/p'); '/x/y' or 'x/y' -> ('file', '/abs/x/y')."""
+    if uri.startswith("s3://") or uri.startswith("s3a://"):
+        return "s3", uri.split("://", 1)[1].rstrip("/")
+    if "://" in uri and not uri.startswith("file://"):
+        raise ValueError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/prefix")
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    return "file", os.path.abspath(os.path.expanduser(path))
+
+
+def filesystem(uri: str, options: StorageOptions = StorageOptions()) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem for a URI and the path inside it."""
+    scheme, path = split_uri(uri)
+    if scheme == "s3":
+        # A fresh instance: s3fs caches instances per kwargs, and tests restart endpoints.
+        return fsspec.filesystem("s3", skip_instance_cache=True, **options.s3_kwargs()), path
+    return fsspec.filesystem("file"), path
+
+
+def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pyarrow.fs.FileSystem:
+    """Wrap an fsspec filesystem for Ray Data / pyarrow, so workers reach the same endpoint."""
+    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def list_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    """All file keys under root, relative to it, sorted. A root that is a single file lists itself."""
+    if fs.isfile(root):
+        return [posixpath.basename(root)]
+    if not fs.exists(root):
+        raise FileNotFoundError(f"input not found: {root}")
+    prefix = root.rstrip("/") + "/"
+    out = []
+    for full in fs.find(root):
+        rel = full[len(prefix):] if full.startswith(prefix) else posixpath.basename(full)
+        out.append(rel)
+    return sorted(out)
+
+
+def input_root(fs: fsspec.AbstractFileSystem, root: str) -> str:
+    """The folder that relative keys are taken against (the parent when root is one file)."""
+    return posixpath.dirname(root) if fs.isfile(root) else root
+
+
+def output_key(rel: str, new_ext: str | None) -> str:
+    """Mirror an input key under the output root, replacing its extension when asked.
+
+    Keys that would escape the output prefix ('..', absolute, backslashes) are refused.
+    """
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith("/") or "\\" in rel or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"unsafe key {rel!r}: would write outside the output prefix")
+    if new_ext is not None:
+        stem, _ = posixpath.splitext(rel)
+        rel = stem + new_ext
+    return rel
+
+
+def join(root: str, rel: str) -> str:
+    return root.rstrip("/") + "/" + rel
+
+
+def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Write so that no partial object is ever visible under its final name: local files go to a
+    temporary name and are renamed; an S3 PUT only becomes visible when complete."""
+    with atomic_open(fs, path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_open(fs: fsspec.AbstractFileSystem, path: str):
+    parent = posixpath.dirname(path)
+    local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+    if not local:
+        with fs.open(path, "wb") as f:
+            yield f
+        return
+    os.makedirs(parent, exist_ok=True)
+    tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,86 @@
+"""Real components for the tests: a local Ray, a moto S3 server on 127.0.0.1, real photos."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import urllib.request
+
+import numpy as np
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Set before Ray starts, so that every Ray worker inherits the same S3 endpoint and dummy keys.
+S3_PORT = free_port()
+os.environ.update({
+    "AWS_ENDPOINT_URL": f"http://127.0.0.1:{S3_PORT}",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+})
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the session, 2 CPUs as on CI, in its own temp dir."""
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="aer", dir="/tmp")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", _temp_dir=temp)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 endpoint (moto's server) on loopback, for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """An s3fs filesystem on the moto server, with a fresh 'photos' bucket; state reset after."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=s3_server, skip_instance_cache=True)
+    fs.mkdir("photos")
+    yield fs
+    urllib.request.urlopen(urllib.request.Request(f"{s3_server}/moto-api/reset", method="POST")).read()
+
+
+def _crop(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    y = (arr.shape[0] - h) // 2
+    x = (arr.shape[1] - w) // 2
+    return np.ascontiguousarray(arr[y:y + h, x:x + w])
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """Real photos bundled with scikit-image (never used in training), cropped small for speed;
+    odd sizes on purpose (not multiples of the codec's stride)."""
+    import skimage.data
+
+    return {
+        "astronaut": _crop(skimage.data.astronaut(), 120, 160),
+        "chelsea": _crop(skimage.data.chelsea(), 100, 130),
+        "coffee": _crop(skimage.data.coffee(), 97, 141),
+    }
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    from aeflow.metrics import psnr as _psnr
+
+    return _psnr(a, b)

@@ -1,0 +1,57 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from aeflow import images
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=kw.pop("format", "PNG"), **kw)
+    return buf.getvalue()
+
+
+def test_grayscale_rgba_palette_and_16bit_become_rgb():
+    gray = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+    arr, mode = images.decode_image(_png(gray))
+    assert arr.shape == (8, 8, 3) and mode == "L"
+    assert (arr[..., 0] == np.arange(64).reshape(8, 8)).all()
+    rgba = Image.new("RGBA", (5, 4), (10, 20, 30, 128))
+    arr, mode = images.decode_image(_png(rgba))
+    assert mode == "RGBA" and arr.shape == (4, 5, 3) and tuple(arr[0, 0]) == (10, 20, 30)
+    deep = Image.fromarray(np.full((3, 3), 65535, dtype=np.uint16))
+    arr, _ = images.decode_image(_png(deep))
+    assert arr.dtype == np.uint8 and arr.max() == 255
+    pal = Image.new("P", (4, 4), 3)
+    assert images.decode_image(_png(pal))[0].shape == (4, 4, 3)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (40, 20), (200, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    arr, _ = images.decode_image(_png(img, format="JPEG", exif=exif.tobytes()))
+    assert arr.shape == (40, 20, 3)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"hello, I am text", "not a recognised image"),
+])
+def test_bad_bytes_give_a_reason(data, reason):
+    with pytest.raises(images.ImageError, match=reason):
+        images.decode_image(data)
+
+
+def test_truncated_jpeg_is_an_error():
+    data = _png(Image.new("RGB", (64, 64), (1, 2, 3)), format="JPEG")
+    with pytest.raises(images.ImageError, match="cannot decode"):
+        images.decode_image(data[: len(data) // 2])
+
+
+def test_decompression_bomb_is_refused():
+    data = _png(Image.new("1", (3000, 3000)))
+    with pytest.raises(images.ImageError, match="pixel limit"):
+        images.decode_image(data, max_pixels=1_000_000)

@@ -1,0 +1,106 @@
+"""compress / decompress / restore / generate through the real Ray Data pipeline on local files."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from aeflow import cli, images, pipeline
+from tests.conftest import psnr
+
+
+def _write(folder, name, arr, fmt="PNG"):
+    path = os.path.join(folder, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(arr).save(path, format=fmt)
+
+
+@pytest.fixture
+def mixed_input(tmp_path, photos):
+    """Good photos (one nested), a truncated JPEG, a text file named .png, and a non-image file."""
+    src = tmp_path / "in"
+    _write(src, "astronaut.png", photos["astronaut"])
+    _write(src, "nested/deeper/chelsea.jpg", photos["chelsea"], "JPEG")
+    _write(src, "coffee.png", photos["coffee"])
+    buf = io.BytesIO()
+    Image.fromarray(photos["coffee"]).save(buf, format="JPEG")
+    (src / "truncated.jpg").write_bytes(buf.getvalue()[:300])
+    (src / "notes.png").write_text("this is text, not a PNG")
+    (src / "README.txt").write_text("not an image")
+    return src
+
+
+def test_bad_inputs_are_recorded_and_good_ones_all_written(ray_local, mixed_input, tmp_path, photos):
+    out = tmp_path / "latents"
+    summary = pipeline.compress(pipeline.JobConfig(input=str(mixed_input), output=str(out)))
+    assert (summary.inputs, summary.written, summary.failed, summary.skipped) == (5, 3, 2, 1)
+    table = pq.read_table(out / "latents-00000.parquet")
+    assert sorted(table.column("path").to_pylist()) == ["astronaut.png", "coffee.png", "nested/deeper/chelsea.jpg"]
+    for r in table.to_pylist():
+        assert r["bpp"] == pytest.approx(8 * len(r["bitstream"]) / (r["width"] * r["height"]))
+        assert r["bytes"] == len(r["bitstream"])
+    errors = pq.read_table(out / "errors.parquet").to_pylist()
+    assert [(e["path"], e["stage"]) for e in errors] == [("notes.png", "decode"), ("truncated.jpg", "decode")]
+    assert "not a recognised image" in errors[0]["error"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"] == {"inputs": 5, "written": 3, "failed": 2, "skipped": 1, "unaccounted": 0}
+    assert manifest["skipped_sample"] == ["README.txt"]
+
+    dec = tmp_path / "decoded"
+    summary = pipeline.decompress(pipeline.JobConfig(input=str(out), output=str(dec)))
+    assert summary.written == 3 and summary.failed == 0
+    got = images.decode_image((dec / "nested/deeper/chelsea.png").read_bytes())[0]
+    assert got.shape == photos["chelsea"].shape
+    assert psnr(photos["chelsea"], got) > 22.0
+
+
+def test_decompress_refuses_rows_of_another_model(ray_local, tmp_path, photos, capsys):
+    from aeflow.models import ConvAutoencoder
+    from aeflow.modelstore import save_model
+
+    src = tmp_path / "in"
+    _write(src, "a.png", photos["coffee"])
+    other = tmp_path / "other-model"
+    other_fp = save_model(ConvAutoencoder(), str(other))
+    assert cli.main(["compress", "--input", str(src), "--output", str(tmp_path / "lat")]) == 0
+    code = cli.main(["decompress", "--input", str(tmp_path / "lat"), "--output", str(tmp_path / "dec"),
+                     "--model", str(other)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert other_fp in err and "refusing to decode" in err
+    assert not (tmp_path / "dec" / "a.png").exists()
+
+
+def test_restore_denoises_and_records_collisions(ray_local, tmp_path, photos):
+    rng = np.random.default_rng(0)
+    clean = photos["astronaut"]
+    noisy = np.clip(np.round(clean + rng.normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
+    src = tmp_path / "noisy"
+    _write(src, "astro.png", noisy)
+    _write(src, "astro.tif", noisy, "TIFF")  # same output name astro.png: must not overwrite
+    summary = pipeline.restore(pipeline.JobConfig(input=str(src), output=str(tmp_path / "out"), task="denoise"))
+    assert (summary.written, summary.failed) == (1, 1)
+    assert summary.errors[0]["path"] == "astro.tif" and "collides" in summary.errors[0]["error"]
+    out = images.decode_image((tmp_path / "out" / "astro.png").read_bytes())[0]
+    assert psnr(clean, out) > psnr(clean, noisy) + 3.0
+
+
+def test_generate_writes_distinct_images(ray_local, tmp_path):
+    summary = pipeline.generate(pipeline.JobConfig(input="", output=str(tmp_path / "gen"), count=3))
+    assert summary.written == 3
+    arrs = [images.decode_image((tmp_path / "gen" / f"generated-{i:06d}.png").read_bytes())[0] for i in range(3)]
+    assert all(a.shape == (128, 128, 3) and a.std() > 5 for a in arrs)
+    assert np.abs(arrs[0].astype(int) - arrs[1]).mean() > 3
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    assert cli.main(["compress", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")]) == 2
+    assert "input not found" in capsys.readouterr().err
+    (tmp_path / "only-text").mkdir()
+    (tmp_path / "only-text" / "a.txt").write_text("x")
+    assert cli.main(["compress", "--input", str(tmp_path / "only-text"), "--output", str(tmp_path / "o")]) == 2
+    assert "no image files" in capsys.readouterr().err
