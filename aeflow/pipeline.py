@@ -471,8 +471,8 @@ def decompress(job: JobConfig) -> JobSummary:
         modelstore.load_model(job.model, job.storage)  # a bad --model fails here, not per row
     ext = "." + ("jpg" if job.format in ("jpg", "jpeg") else job.format)
     opts, threads = _pool(job)
-    ds = ray.data.read_parquet(files, filesystem=storage.arrow_filesystem(fs),
-                               columns=["path", "width", "height", "model", "bitstream"])
+    ds = ray.data.read_parquet(files, filesystem=storage.arrow_filesystem(fs)).select_columns(
+        ["path", "width", "height", "model", "bitstream"])
     ds = ds.map_batches(
         DecodeLatents, fn_constructor_args=(job.model, job.storage, threads, job.gpus, job.output, job.format,
                                             _collisions(keys, ext)),
