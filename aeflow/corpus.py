@@ -24,7 +24,10 @@ PACKAGES = {
     "plasma-workspace-wallpapers": ("usr/share/wallpapers", "*/contents/images/*.jpg", ""),
 }
 EXTRA_MATE = ["abstract/Elephants.jpg"]
-SKIMAGE_TEXTURES = ["brick", "grass", "gravel", "text", "page"]
+SKIMAGE_TEXTURES = {  # name: license, from each function's docstring in skimage.data
+    "brick": "CC0-1.0", "grass": "CC0-1.0", "gravel": "CC0-1.0", "text": "public domain",
+    "page": "shipped with scikit-image (BSD-3-Clause); no separate license stated",
+}
 SHORT_SIDE = 768
 
 
@@ -100,12 +103,12 @@ def build_corpus(out_dir: str | Path) -> list[dict]:
                                 "license": lic, "copyright": holder, "size": list(size)})
     import skimage.data
 
-    for tex in SKIMAGE_TEXTURES:
+    for tex, lic in SKIMAGE_TEXTURES.items():
         arr = np.asarray(getattr(skimage.data, tex)())
         name = f"scikit-image--{tex}.jpg"
         size = _save(Image.fromarray(arr), out / name)
         records.append({"file": name, "package": "scikit-image", "original": f"skimage.data.{tex}()",
-                        "license": "see skimage/data/README.txt (public domain / CC0 textures)",
+                        "license": lic,
                         "copyright": "scikit-image contributors", "size": list(size)})
     (out / "SOURCES.json").write_text(json.dumps(records, indent=1))
     return records

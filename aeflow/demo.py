@@ -72,7 +72,7 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
     by_name = {r["path"][:-4]: r for r in lat}
     rows = []
     for name, arr in photos.items():
-        _, jpeg_psnr, jpeg_bytes = evaluate.jpeg_at_most(arr, by_name[name]["bytes"])
+        _, jpeg_psnr, jpeg_bytes = evaluate.classic_at_most(arr, by_name[name]["bytes"], "JPEG")
         rows.append({
             "image": name, "size": f"{arr.shape[1]}x{arr.shape[0]}", "bpp": by_name[name]["bpp"],
             "psnr": metrics.psnr(arr, _load(f"{out}/decompressed", name)),

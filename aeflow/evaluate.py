@@ -1,7 +1,7 @@
 """`aeflow eval`: run the real compress -> decompress pipeline over an image URI and measure it.
 
 Per image and mean: bits per pixel (from the stored bytes), PSNR-RGB of the round trip, and Pillow
-JPEG at the largest quality whose file is no larger than aeflow's bitstream (same or fewer bits).
+JPEG and WebP at the largest quality whose file is no larger than aeflow's bitstream.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ from PIL import Image
 from aeflow import images, metrics, pipeline, storage
 
 
-def jpeg_at_most(arr: np.ndarray, max_bytes: int) -> tuple[int, float, int]:
-    """(quality, PSNR, bytes) of the best Pillow JPEG no larger than max_bytes (quality 1 if none fits)."""
+def classic_at_most(arr: np.ndarray, max_bytes: int, fmt: str = "JPEG") -> tuple[int, float, int]:
+    """(quality, PSNR, bytes) of the best Pillow JPEG or WebP no larger than max_bytes (quality 1
+    if none fits, so the result may then be larger)."""
     best = None
     lo, hi = 1, 95
     while lo <= hi:
         q = (lo + hi) // 2
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=q)
+        Image.fromarray(arr).save(buf, format=fmt, quality=q)
         if buf.tell() <= max_bytes or q == 1:
             best = (q, buf.getvalue())
             lo = q + 1
@@ -52,12 +53,16 @@ def evaluate_codec(input_uri: str, work_uri: str, model: str = "",
         for r in table.to_pylist():
             original, _ = images.decode_image(in_fs.cat_file(storage.join(base, r["path"])))
             decoded, _ = images.decode_image(out_fs.cat_file(storage.join(out_root, storage.output_key(r["path"], ".png"))))
-            q, jpeg_psnr, jpeg_bytes = jpeg_at_most(original, r["bytes"])
-            rows.append({"path": r["path"], "width": r["width"], "height": r["height"], "bpp": r["bpp"],
-                         "psnr": metrics.psnr(original, decoded), "jpeg_quality": q,
-                         "jpeg_bpp": metrics.bpp(jpeg_bytes, r["width"], r["height"]), "jpeg_psnr": jpeg_psnr})
+            row = {"path": r["path"], "width": r["width"], "height": r["height"], "bpp": r["bpp"],
+                   "psnr": metrics.psnr(original, decoded)}
+            for fmt in ("JPEG", "WEBP"):
+                q, fmt_psnr, fmt_bytes = classic_at_most(original, r["bytes"], fmt)
+                key = fmt.lower()
+                row.update({f"{key}_quality": q, f"{key}_bpp": metrics.bpp(fmt_bytes, r["width"], r["height"]),
+                            f"{key}_psnr": fmt_psnr})
+            rows.append(row)
     rows.sort(key=lambda r: r["path"])
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bpp", "psnr", "jpeg_bpp", "jpeg_psnr")} if rows else {}
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bpp", "psnr", "jpeg_bpp", "jpeg_psnr", "webp_bpp", "webp_psnr")} if rows else {}
     mean["images"] = len(rows)
     mean["failed"] = comp.failed
     report = {"convention": "PSNR-RGB on 8-bit outputs; bpp = 8 * stored bytes / pixels",

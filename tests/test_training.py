@@ -21,7 +21,7 @@ def tiny_data(tmp_path, photos):
 def _cfg(tmp_path, data, **kw):
     base = dict(task="codec", data=str(data), out=str(tmp_path / "model"), storage=str(tmp_path / "ckpt"),
                 name="t", epochs=1, batch_size=2, crop=32, crops_per_image=4, channels=8, latent_channels=4)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig(**{**base, **kw})  # kw wins, e.g. s3:// data, out and storage
 
 
 def test_ray_train_two_workers_resumes_from_checkpoint(ray_local, tmp_path, tiny_data):
@@ -42,3 +42,14 @@ def test_plain_pytorch_loop_resumes_too(tmp_path, tiny_data, capsys):
     assert "resuming t from epoch 1" in capsys.readouterr().out
     assert second["start_epoch"] == 1 and second["step"] == 3 * first["step"]
     assert modelstore.load_model(str(tmp_path / "model")).kind == "restore"
+
+
+def test_checkpoints_and_model_on_s3(ray_local, s3, tmp_path, tiny_data):
+    for f in tiny_data.iterdir():
+        s3.put(str(f), f"photos/train/{f.name}")
+    cfg = dict(out="s3://photos/models/tiny", storage="s3://photos/ckpt", workers=1)
+    first = train(_cfg(tmp_path, "s3://photos/train", **cfg))
+    second = train(_cfg(tmp_path, "s3://photos/train", **cfg, epochs=2))
+    assert second["start_epoch"] == 1 and second["step"] > first["step"]
+    assert s3.find("photos/ckpt/t"), "no checkpoint objects written to S3"
+    assert modelstore.load_model("s3://photos/models/tiny").fingerprint == second["fingerprint"]
