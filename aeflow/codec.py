@@ -53,7 +53,8 @@ def read_header(data: bytes) -> dict:
     if magic != MAGIC:
         raise BitstreamError("not an aeflow bitstream (bad magic)")
     if version != FORMAT_VERSION:
-        raise BitstreamError(f"bitstream format version {version} is not supported (this aeflow reads {FORMAT_VERSION})")
+        raise BitstreamError(
+            f"bitstream format version {version} is not supported (this aeflow reads {FORMAT_VERSION})")
     return {"coder": coder, "width": width, "height": height, "shape": (c, h, w), "crc32": crc}
 
 

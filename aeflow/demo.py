@@ -97,7 +97,7 @@ def _print_table(rows: list[dict], n: int, t_comp: float, t_dec: float, t_den: f
     print("-" * len(head))
     print(f"{'mean':<18}{'':>10}{mean['bpp']:>7.3f}{mean['psnr']:>7.2f}{mean['jpeg_bpp']:>10.3f}"
           f"{mean['jpeg_psnr']:>11.2f}{mean['noisy_psnr']:>8.2f}{mean['denoised_psnr']:>10.2f}")
-    print(f"\nPSNR in dB (RGB, 8-bit). JPEG: Pillow at the best quality no larger than aeflow's bytes. "
-          f"noisy: sigma {NOISE_SIGMA:g}.")
+    print(f"\nPSNR in dB (RGB, 8-bit). JPEG: Pillow at the best quality no larger than aeflow's bytes, or "
+          f"quality 1 where none is (then compare bpp). noisy: sigma {NOISE_SIGMA:g}, seeded.")
     print(f"seconds: compress {t_comp:.1f}, decompress {t_dec:.1f}, denoise {t_den:.1f} ({n} images, "
           f"Ray Data on this machine's {os.cpu_count()} CPUs)")

@@ -52,7 +52,8 @@ def evaluate_codec(input_uri: str, work_uri: str, model: str = "",
                               filesystem=storage.arrow_filesystem(lat_fs))
         for r in table.to_pylist():
             original, _ = images.decode_image(in_fs.cat_file(storage.join(base, r["path"])))
-            decoded, _ = images.decode_image(out_fs.cat_file(storage.join(out_root, storage.output_key(r["path"], ".png"))))
+            out_key = storage.output_key(r["path"], ".png")
+            decoded, _ = images.decode_image(out_fs.cat_file(storage.join(out_root, out_key)))
             row = {"path": r["path"], "width": r["width"], "height": r["height"], "bpp": r["bpp"],
                    "psnr": metrics.psnr(original, decoded)}
             for fmt in ("JPEG", "WEBP"):
@@ -62,9 +63,9 @@ def evaluate_codec(input_uri: str, work_uri: str, model: str = "",
                             f"{key}_psnr": fmt_psnr})
             rows.append(row)
     rows.sort(key=lambda r: r["path"])
-    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("bpp", "psnr", "jpeg_bpp", "jpeg_psnr", "webp_bpp", "webp_psnr")} if rows else {}
-    mean["images"] = len(rows)
-    mean["failed"] = comp.failed
+    keys = ("bpp", "psnr", "jpeg_bpp", "jpeg_psnr", "webp_bpp", "webp_psnr")
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys} if rows else {}
+    mean.update(images=len(rows), failed=comp.failed)
     report = {"convention": "PSNR-RGB on 8-bit outputs; bpp = 8 * stored bytes / pixels",
               "model": comp.manifest["models"], "mean": mean, "images": rows}
     work_fs, work_root = storage.filesystem(work_uri, options)

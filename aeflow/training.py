@@ -303,14 +303,14 @@ def _train_plain(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[tor
             group["lr"] = lr_at(cfg, epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
 
-        def batches():
+        def batches(rng: np.random.Generator):
             for _ in range(per_epoch):
                 idx = rng.integers(0, len(photos), cfg.batch_size)
                 crops = [random_crops(photos[i], cfg.crop, 1, rng)[0] for i in idx]
                 yield torch.from_numpy(np.stack(crops))
 
         t0 = time.time()
-        step, metrics = train_epoch(cfg, model, optimizer, batches(), step, device)
+        step, metrics = train_epoch(cfg, model, optimizer, batches(rng), step, device)
         metrics = {"epoch": epoch + 1, "step": step, "start_epoch": start_epoch, **metrics}
         print(json.dumps({**metrics, "seconds": round(time.time() - t0, 1)}), flush=True)
         with tempfile.TemporaryDirectory() as tmp:

@@ -12,10 +12,10 @@ import platform
 import tempfile
 
 import ray
+from PIL import Image
 
 from aeflow.demo import demo_photos
 from aeflow.evaluate import evaluate_codec
-from PIL import Image
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/compress.py ...` (same flags as `aeflow compress`)."""
+"""Ray job entrypoint for `aeflow compress` (same flags):
+`ray job submit --working-dir . -- python jobs/compress.py ...`."""
 
 import sys
 

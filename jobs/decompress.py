@@ -1,4 +1,5 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/decompress.py ...` (same flags as `aeflow decompress`)."""
+"""Ray job entrypoint for `aeflow decompress` (same flags):
+`ray job submit --working-dir . -- python jobs/decompress.py ...`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/eval.py ...` (same flags as `aeflow eval`)."""
+"""Ray job entrypoint for `aeflow eval` (same flags):
+`ray job submit --working-dir . -- python jobs/eval.py ...`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/generate.py ...` (same flags as `aeflow generate`)."""
+"""Ray job entrypoint for `aeflow generate` (same flags):
+`ray job submit --working-dir . -- python jobs/generate.py ...`."""
 
 import sys
 

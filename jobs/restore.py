@@ -1,4 +1,5 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/restore.py ...` (same flags as `aeflow restore`)."""
+"""Ray job entrypoint for `aeflow restore` (same flags):
+`ray job submit --working-dir . -- python jobs/restore.py ...`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""Ray job entrypoint: `ray job submit --working-dir . -- python jobs/train.py ...` (same flags as `aeflow train`)."""
+"""Ray job entrypoint for `aeflow train` (same flags):
+`ray job submit --working-dir . -- python jobs/train.py ...`."""
 
 import sys
 
