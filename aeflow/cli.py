@@ -21,6 +21,8 @@ def _job_flags(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("--concurrency", type=int, default=0, help="model actors (default: one per free CPU/GPU)")
     p.add_argument("--gpus", type=float, default=0.0, help="GPUs per model actor (default 0: CPU)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per actor (default: CPUs/actors)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every input (default: resume, skipping inputs finished with the same settings)")
     p.add_argument("--max-errors", type=float, default=-1,
                    help="fail the job past N failed inputs (N >= 1) or a fraction (0 < N < 1); "
                         "default: fail only when every input failed")
@@ -36,6 +38,7 @@ def _job(args: argparse.Namespace, **extra) -> pipeline.JobConfig:
     return pipeline.JobConfig(
         input=args.input, output=args.output, model=args.model, batch_size=args.batch_size,
         concurrency=args.concurrency, gpus=args.gpus, threads=args.threads, max_errors=args.max_errors,
+        resume=not args.overwrite,
         storage=storage.StorageOptions(endpoint_url=args.endpoint_url), **extra)
 
 
@@ -88,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=0)
     p.add_argument("--gpus", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="redo images a previous run already wrote")
     _endpoint_flag(p)
 
     p = sub.add_parser("eval", help="compress/decompress round trip on an image URI: bpp and PSNR per image")
@@ -102,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_summary(s: pipeline.JobSummary) -> None:
-    print(f"{s.job}: {s.written} written, {s.failed} failed, {s.skipped} skipped of {s.inputs} inputs "
+    before = f", {s.done_before} done before" if s.done_before else ""
+    print(f"{s.job}: {s.written} written, {s.failed} failed{before}, {s.skipped} skipped of {s.inputs} inputs "
           f"in {s.seconds:.1f} s -> {s.output}")
     for e in s.errors[:10]:
         print(f"  error: {e['path']} [{e['stage']}] {e['error']}")
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "generate":
         job = pipeline.JobConfig(input="", output=args.output, model=args.model, batch_size=args.batch_size,
                                  concurrency=args.concurrency, gpus=args.gpus, threads=args.threads,
-                                 count=args.count, seed=args.seed,
+                                 count=args.count, seed=args.seed, resume=not args.overwrite,
                                  storage=storage.StorageOptions(endpoint_url=args.endpoint_url))
         _print_summary(pipeline.generate(job))
         return 0

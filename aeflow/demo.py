@@ -57,15 +57,15 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
 
     print(f"[2/{steps}] compress {out}/photos -> {out}/latents", flush=True)
     t = time.time()
-    comp = pipeline.compress(pipeline.JobConfig(input=f"{out}/photos", output=f"{out}/latents"))
+    comp = pipeline.compress(pipeline.JobConfig(input=f"{out}/photos", output=f"{out}/latents", resume=False))
     t_comp = time.time() - t
     print(f"[3/{steps}] decompress {out}/latents -> {out}/decompressed", flush=True)
     t = time.time()
-    pipeline.decompress(pipeline.JobConfig(input=f"{out}/latents", output=f"{out}/decompressed"))
+    pipeline.decompress(pipeline.JobConfig(input=f"{out}/latents", output=f"{out}/decompressed", resume=False))
     t_dec = time.time() - t
     print(f"[4/{steps}] restore --task denoise {out}/noisy -> {out}/denoised", flush=True)
     t = time.time()
-    pipeline.restore(pipeline.JobConfig(input=f"{out}/noisy", output=f"{out}/denoised", task="denoise"))
+    pipeline.restore(pipeline.JobConfig(input=f"{out}/noisy", output=f"{out}/denoised", task="denoise", resume=False))
     t_den = time.time() - t
 
     lat = pq.read_table(f"{out}/latents/latents-00000.parquet", columns=["path", "bytes", "bpp"]).to_pylist()

@@ -40,8 +40,9 @@ def evaluate_codec(input_uri: str, work_uri: str, model: str = "",
     """Compress and decompress input_uri into work_uri/{latents,decoded}; write work_uri/eval.json."""
     latents_uri = storage.join(work_uri, "latents")
     decoded_uri = storage.join(work_uri, "decoded")
-    comp = pipeline.compress(pipeline.JobConfig(input=input_uri, output=latents_uri, model=model, storage=options))
-    pipeline.decompress(pipeline.JobConfig(input=latents_uri, output=decoded_uri, storage=options))
+    comp = pipeline.compress(pipeline.JobConfig(input=input_uri, output=latents_uri, model=model, resume=False,
+                                                storage=options))
+    pipeline.decompress(pipeline.JobConfig(input=latents_uri, output=decoded_uri, resume=False, storage=options))
     in_fs, in_root = storage.filesystem(input_uri, options)
     base = storage.input_root(in_fs, in_root)
     out_fs, out_root = storage.filesystem(decoded_uri, options)

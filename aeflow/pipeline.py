@@ -9,7 +9,6 @@ accounts for every input exactly once.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 import posixpath
 import time
@@ -25,6 +24,9 @@ import torch
 import aeflow
 from aeflow import codec, images, modelstore, storage
 
+# Columns that let a re-run skip finished inputs: the input's size and tag (ETag or mtime) when it was
+# processed, and the settings that shaped the output (model fingerprint, format).
+_LEDGER_FIELDS = [("source_bytes", pa.int64()), ("source_tag", pa.string()), ("settings", pa.string())]
 LATENTS_SCHEMA = pa.schema([
     ("path", pa.string()),  # key relative to the input root
     ("width", pa.int32()),
@@ -36,10 +38,13 @@ LATENTS_SCHEMA = pa.schema([
     ("bitstream", pa.binary()),  # header + payload: every byte needed to rebuild the image
     ("bytes", pa.int64()),
     ("bpp", pa.float64()),  # 8 * bytes / (width * height)
+    *_LEDGER_FIELDS,
 ])
+_ENCODED_SCHEMA = pa.schema([f for f in LATENTS_SCHEMA if f.name not in dict(_LEDGER_FIELDS)])  # from actors
 STATUS_SCHEMA = pa.schema([
     ("path", pa.string()), ("output", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
 ])
+PROGRESS_SCHEMA = pa.schema([("path", pa.string()), ("output", pa.string()), *_LEDGER_FIELDS])
 ERRORS_SCHEMA = pa.schema([("path", pa.string()), ("stage", pa.string()), ("error", pa.string())])
 ROWS_PER_FILE = 100_000
 
@@ -60,6 +65,9 @@ class JobConfig:
     count: int = 0  # generate: number of images
     seed: int = 0  # generate: base seed
     max_errors: float = -1  # >= 1: max failed inputs; in (0, 1): max fraction; -1: fail only if all failed
+    resume: bool = True  # skip inputs a previous run finished with the same settings; False = redo all
+    flush_rows: int = 1000  # finished rows are made durable every flush_rows rows or flush_seconds
+    flush_seconds: float = 30.0
     storage: storage.StorageOptions = field(default_factory=storage.StorageOptions)
 
 
@@ -69,9 +77,10 @@ class JobSummary:
 
     job: str
     inputs: int
+    done_before: int  # finished by an earlier run of the same job, skipped now
     written: int
     failed: int
-    skipped: int
+    skipped: int  # files that are not images
     seconds: float
     output: str
     errors: list[dict]
@@ -81,7 +90,7 @@ class JobSummary:
         if self.failed == 0:
             return False
         if max_errors < 0:
-            return self.written == 0
+            return self.failed >= self.inputs - self.done_before
         if max_errors >= 1:
             return self.failed > max_errors
         return self.failed > max_errors * max(1, self.inputs)
@@ -160,7 +169,7 @@ class EncodeImages(_ModelActor):
                 h, w = arr.shape[:2]
                 rows[i].update(model=fp, format_version=codec.FORMAT_VERSION, aeflow_version=aeflow.__version__,
                                bitstream=bits, bytes=len(bits), bpp=8.0 * len(bits) / (w * h))
-        return _rows_table(rows, LATENTS_SCHEMA)
+        return _rows_table(rows, _ENCODED_SCHEMA)
 
 
 class _WriteImages(_ModelActor):
@@ -268,6 +277,10 @@ class RestoreImages(_WriteImages):
 class GenerateImages(_WriteImages):
     """Seeds -> latents sampled from the codec's prior -> decoder -> image files."""
 
+    @staticmethod
+    def key(seed: int) -> str:
+        return f"generated-{seed:06d}.png"
+
     @torch.inference_mode()
     def __call__(self, batch: dict) -> dict:
         extra = self.loaded.extra
@@ -275,7 +288,7 @@ class GenerateImages(_WriteImages):
         size = int(shape[1] * self.loaded.module.config.stride)
         rows = []
         for seed in batch["id"]:
-            key = f"generated-{int(seed):06d}.png"
+            key = self.key(int(seed))
             g = torch.Generator().manual_seed(int(seed))
             z = torch.randn(extra["prior_basis"].shape[0], generator=g)
             y = (extra["prior_mean"] + z @ extra["prior_basis"]).view(1, *shape)
@@ -321,16 +334,8 @@ def _pool(job: JobConfig) -> tuple[dict, int]:
     return opts, threads
 
 
-def _list_images(job: JobConfig) -> tuple[object, str, list[str], list[str]]:
-    """(fs, base, image keys, skipped non-image keys) for the job's input URI."""
-    fs, root = storage.filesystem(job.input, job.storage)
-    keys = storage.list_files(fs, root)
-    base = storage.input_root(fs, root)
-    imgs = [k for k in keys if images.is_image_key(k)]
-    if not imgs:
-        raise FileNotFoundError(f"no image files under {job.input} ({len(keys)} other files; "
-                                f"image extensions: {', '.join(images.IMAGE_EXTENSIONS)})")
-    return fs, base, imgs, [k for k in keys if not images.is_image_key(k)]
+def _ext(fmt: str) -> str:
+    return "." + ("jpg" if fmt in ("jpg", "jpeg") else fmt)
 
 
 def _collisions(keys: list[str], ext: str) -> frozenset[str]:
@@ -345,71 +350,172 @@ def _collisions(keys: list[str], ext: str) -> frozenset[str]:
     return frozenset(dup)
 
 
-class _PartWriter:
-    """Rolling Parquet files latents-00000.parquet, ... (plain Arrow types), each written atomically."""
+class _Ledger:
+    """The durable record of finished inputs: compress's latents-*.parquet files themselves, or
+    _progress/part-*.parquet beside the images of the other jobs.
 
-    def __init__(self, fs, root: str, schema: pa.Schema, rows_per_file: int = ROWS_PER_FILE):
-        self.fs, self.root, self.schema, self.rows_per_file = fs, root, schema, rows_per_file
-        self.part, self.rows, self.buffer = 0, 0, []
+    Parts are written as the job goes (every flush_rows rows or flush_seconds), each atomically, so
+    a job killed at any point leaves only complete parts. A re-run reads them back: an input is done
+    when its key, size, tag and the job's settings all match; rows that no longer match (changed input
+    or settings, or a row written twice) are dropped from their part, so nothing is kept twice.
+    """
+
+    def __init__(self, fs, folder: str, prefix: str, schema: pa.Schema, job: JobConfig):
+        self.fs, self.folder, self.prefix, self.schema = fs, folder, prefix, schema
+        self.flush_rows, self.flush_seconds = max(1, job.flush_rows), job.flush_seconds
+        self.buffer: list[pa.Table] = []
+        self.rows, self.last_flush = 0, time.time()
+        self.parts = sorted(fs.glob(storage.join(folder, f"{prefix}*.parquet")))
+        self.next_part = 1 + max((int(posixpath.basename(p)[len(prefix):-8]) for p in self.parts), default=-1)
+
+    def clear(self) -> None:
+        for part in self.parts:
+            self.fs.rm(part)
+        self.parts, self.next_part = [], 0
+
+    def finished(self, identity: dict[str, tuple[int, str]], settings: str) -> set[str]:
+        """Keys an earlier run finished with these inputs and settings; prunes rows that don't count."""
+        done: set[str] = set()
+        arrow_fs = storage.arrow_filesystem(self.fs)
+        for part in self.parts:
+            table = pq.read_table(part, filesystem=arrow_fs)
+            if not set(self.schema.names) <= set(table.column_names):
+                raise ValueError(f"{part}: written by another aeflow version (columns differ); use --overwrite")
+            keep = []
+            for path, size, tag, sett in zip(*(table.column(c).to_pylist() for c in
+                                               ("path", "source_bytes", "source_tag", "settings"))):
+                ok = path not in done and sett == settings and identity.get(path) == (size, tag)
+                keep.append(ok)
+                if ok:
+                    done.add(path)
+            if not all(keep):
+                kept = table.filter(pa.array(keep))
+                if kept.num_rows:
+                    with storage.atomic_open(self.fs, part) as f:
+                        pq.write_table(kept, f)
+                else:
+                    self.fs.rm(part)
+        return done
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
             self.buffer.append(table.select(self.schema.names).cast(self.schema))
             self.rows += table.num_rows
-        if self.rows >= self.rows_per_file:
+        if self.rows >= min(self.flush_rows, ROWS_PER_FILE) or (
+                self.rows and time.time() - self.last_flush >= self.flush_seconds):
             self.flush()
 
     def flush(self) -> None:
+        self.last_flush = time.time()
         if not self.buffer:
             return
-        path = storage.join(self.root, f"latents-{self.part:05d}.parquet")
+        path = storage.join(self.folder, f"{self.prefix}{self.next_part:05d}.parquet")
         with storage.atomic_open(self.fs, path) as f:
             pq.write_table(pa.concat_tables(self.buffer), f)
-        self.part, self.rows, self.buffer = self.part + 1, 0, []
+        self.next_part, self.rows, self.buffer = self.next_part + 1, 0, []
 
 
-def _drain(job_name: str, job: JobConfig, ds, inputs: int, skipped: list[str], models: list[str],
-           latents: bool, t0: float) -> JobSummary:
-    """Pull result rows to the driver; write latents (compress), errors.parquet and manifest.json."""
+@dataclass
+class _Plan:
+    """What a job will do: every input's identity, which are still to do, and where results go."""
+
+    name: str
+    job: JobConfig
+    identity: dict[str, tuple[int, str]]  # every input key -> (size, tag)
+    todo: list[str]
+    done_before: int
+    skipped: list[str]
+    settings: str
+    models: list[str]
+    ledger: _Ledger
+
+
+def _plan(name: str, job: JobConfig, identity: dict[str, tuple[int, str]], skipped: list[str],
+          settings: str, models: list[str]) -> _Plan:
+    """Open the output's ledger and decide which inputs still need work (all of them with resume off)."""
     out_fs, out_root = storage.filesystem(job.output, job.storage)
     out_fs.makedirs(out_root, exist_ok=True)
-    writer = _PartWriter(out_fs, out_root, LATENTS_SCHEMA) if latents else None
+    if name == "compress":
+        ledger = _Ledger(out_fs, out_root, "latents-", LATENTS_SCHEMA, job)
+    else:
+        ledger = _Ledger(out_fs, storage.join(out_root, "_progress"), "part-", PROGRESS_SCHEMA, job)
+    if job.resume:
+        done = ledger.finished(identity, settings)
+    else:
+        ledger.clear()
+        done = set()
+    todo = [k for k in identity if k not in done]
+    return _Plan(name, job, identity, todo, len(identity) - len(todo), skipped, settings, models, ledger)
+
+
+def _with_ledger_columns(table: pa.Table, plan: _Plan) -> pa.Table:
+    ids = [plan.identity[p] for p in table.column("path").to_pylist()]
+    return (table.append_column("source_bytes", pa.array([i[0] for i in ids], pa.int64()))
+            .append_column("source_tag", pa.array([i[1] for i in ids], pa.string()))
+            .append_column("settings", pa.array([plan.settings] * len(ids), pa.string())))
+
+
+def _drain(plan: _Plan, ds, t0: float) -> JobSummary:
+    """Pull result rows to the driver as they come; record finished rows in the ledger, then write
+    errors.parquet and manifest.json. Every input ends written, failed, or finished before."""
+    job = plan.job
     errors: list[dict] = []
-    written = 0
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    written: set[str] = set()
+    duplicates = 0
+    batches = ds.iter_batches(batch_format="pyarrow", batch_size=None) if ds is not None else []
+    for batch in batches:
         ok = pc.is_null(batch["error"])
-        good = batch.filter(ok)
         errors.extend(batch.filter(pc.invert(ok)).select(ERRORS_SCHEMA.names).to_pylist())
-        written += good.num_rows
-        if writer is not None:
-            writer.write(good)
-    if writer is not None:
-        writer.flush()
+        good = batch.filter(ok)
+        fresh = [p not in written for p in good.column("path").to_pylist()]
+        duplicates += fresh.count(False)  # a retried task's rows: the output was rewritten in place
+        good = good.filter(pa.array(fresh, pa.bool_()))
+        written.update(good.column("path").to_pylist())
+        if good.num_rows:
+            plan.ledger.write(_with_ledger_columns(good, plan))
+    plan.ledger.flush()
+    errors = [e for e in errors if e["path"] not in written]  # an error superseded by a retry's success
     errors.sort(key=lambda e: e["path"])
+    out_fs, out_root = storage.filesystem(job.output, job.storage)
     with storage.atomic_open(out_fs, storage.join(out_root, "errors.parquet")) as f:
         pq.write_table(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA), f)
     seconds = time.time() - t0
     config = dataclasses.asdict(job)
     config.pop("storage")  # endpoint settings are the environment's, not the job's
+    inputs = len(plan.identity)
+    counts = {"inputs": inputs, "done_before": plan.done_before, "written": len(written),
+              "failed": len(errors), "skipped": len(plan.skipped), "duplicates_dropped": duplicates,
+              "unaccounted": inputs - plan.done_before - len(written) - len(errors)}
     manifest = {
-        "job": job_name, "aeflow_version": aeflow.__version__, "input": job.input, "output": job.output,
-        "models": models, "config": config,
-        "counts": {"inputs": inputs, "written": written, "failed": len(errors), "skipped": len(skipped),
-                   "unaccounted": inputs - written - len(errors)},
+        "job": plan.name, "aeflow_version": aeflow.__version__, "input": job.input, "output": job.output,
+        "models": plan.models, "settings": plan.settings, "config": config, "counts": counts,
         "errors_by_stage": dict(Counter(e["stage"] for e in errors)),
-        "skipped_sample": skipped[:100], "seconds": round(seconds, 3),
+        "skipped_sample": plan.skipped[:100], "seconds": round(seconds, 3),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     storage.write_bytes(out_fs, storage.join(out_root, "manifest.json"), json.dumps(manifest, indent=1).encode())
-    summary = JobSummary(job_name, inputs, written, len(errors), len(skipped), seconds, job.output, errors, manifest)
-    if manifest["counts"]["unaccounted"]:
-        raise JobFailed(f"{job_name}: {manifest['counts']['unaccounted']} inputs neither written nor "
-                        f"recorded as failed; see {job.output}/manifest.json", summary)
+    summary = JobSummary(plan.name, inputs, plan.done_before, len(written), len(errors), len(plan.skipped),
+                         seconds, job.output, errors, manifest)
+    if counts["unaccounted"]:
+        raise JobFailed(f"{plan.name}: {counts['unaccounted']} inputs neither written nor recorded as failed; "
+                        f"see {job.output}/manifest.json", summary)
     if summary.too_many_errors(job.max_errors):
         first = errors[0]
-        raise JobFailed(f"{job_name}: {len(errors)} of {inputs} inputs failed (first: {first['path']}: "
+        raise JobFailed(f"{plan.name}: {len(errors)} of {inputs} inputs failed (first: {first['path']}: "
                         f"{first['error']}); see {job.output}/errors.parquet", summary)
     return summary
+
+
+def _list_images(job: JobConfig) -> tuple[object, str, dict[str, tuple[int, str]], list[str]]:
+    """(fs, base, image key -> (size, tag), skipped non-image keys) for the job's input URI."""
+    fs, root = storage.filesystem(job.input, job.storage)
+    listing = storage.list_files(fs, root)
+    base = storage.input_root(fs, root)
+    imgs = {k: v for k, v in listing.items() if images.is_image_key(k)}
+    if not imgs:
+        raise FileNotFoundError(f"no image files under {job.input} ({len(listing)} other files; "
+                                f"image extensions: {', '.join(images.IMAGE_EXTENSIONS)})")
+    return fs, base, imgs, [k for k in listing if not images.is_image_key(k)]
 
 
 def _read_images(fs, base: str, keys: list[str]):
@@ -422,34 +528,50 @@ def _read_images(fs, base: str, keys: list[str]):
 def compress(job: JobConfig) -> JobSummary:
     """Images under job.input -> latents Parquet (+ errors.parquet, manifest.json) under job.output."""
     t0 = time.time()
-    _init_ray()
-    fs, base, keys, skipped = _list_images(job)
+    fs, base, identity, skipped = _list_images(job)
     model = job.model or modelstore.DEFAULT_CODEC
     loaded = modelstore.load_model(model, job.storage)  # fail fast on a bad --model, on the driver
     if loaded.kind != "codec":
         raise ValueError(f"--model {model}: a {loaded.kind} model, compress needs a codec")
-    opts, threads = _pool(job)
-    ds = _read_images(fs, base, keys).map_batches(
-        EncodeImages, fn_constructor_args=(model, job.storage, threads, job.gpus, base),
-        batch_size=job.batch_size, batch_format="numpy", **opts)
-    return _drain("compress", job, ds, len(keys), skipped, [loaded.fingerprint], latents=True, t0=t0)
+    plan = _plan("compress", job, identity, skipped, f"{loaded.fingerprint}/format{codec.FORMAT_VERSION}",
+                 [loaded.fingerprint])
+    ds = None
+    if plan.todo:
+        _init_ray()
+        opts, threads = _pool(job)
+        ds = _read_images(fs, base, plan.todo).map_batches(
+            EncodeImages, fn_constructor_args=(model, job.storage, threads, job.gpus, base),
+            batch_size=job.batch_size, batch_format="numpy", **opts)
+    return _drain(plan, ds, t0)
 
 
 def latents_files(fs, root: str) -> list[str]:
     """The latents Parquet files of a compress output (a folder), or the one file given."""
     if fs.isfile(root):
         return [root]
-    files = sorted(p for p in fs.find(root) if fnmatch.fnmatch(posixpath.basename(p), "latents-*.parquet"))
+    files = sorted(fs.glob(storage.join(root, "latents-*.parquet")))
     if not files:
         raise FileNotFoundError(f"no latents-*.parquet under {root}")
     return files
 
 
-def _check_latents_schema(fs, path: str) -> None:
-    schema = pq.read_schema(fs.open(path, "rb"))
-    missing = [f.name for f in LATENTS_SCHEMA if f.name not in schema.names]
-    if missing:
-        raise ValueError(f"{path}: not an aeflow latents table (missing columns: {', '.join(missing)})")
+def _read_latents_index(fs, files: list[str]) -> pa.Table:
+    """path, model and bytes of every row, checking each file is an aeflow latents table."""
+    arrow_fs = storage.arrow_filesystem(fs)
+    tables = []
+    for f in files:
+        schema = pq.read_schema(f, filesystem=arrow_fs)
+        missing = [c for c in ("path", "width", "height", "model", "bitstream", "bytes", "format_version")
+                   if c not in schema.names]
+        if missing:
+            raise ValueError(f"{f}: not an aeflow latents table (missing columns: {', '.join(missing)})")
+        table = pq.read_table(f, columns=["path", "model", "bytes", "format_version"], filesystem=arrow_fs)
+        versions = set(table.column("format_version").to_pylist()) - {codec.FORMAT_VERSION}
+        if versions:
+            raise ValueError(f"{f}: bitstream format version {sorted(versions)} is not supported "
+                             f"(this aeflow reads {codec.FORMAT_VERSION})")
+        tables.append(table)
+    return pa.concat_tables(tables)
 
 
 def decompress(job: JobConfig) -> JobSummary:
@@ -457,33 +579,36 @@ def decompress(job: JobConfig) -> JobSummary:
     import ray.data
 
     t0 = time.time()
-    _init_ray()
     fs, root = storage.filesystem(job.input, job.storage)
     files = latents_files(fs, root)
-    for f in files:
-        _check_latents_schema(fs, f)
-    keys_table = pq.read_table(files[0], columns=["path", "model"], filesystem=storage.arrow_filesystem(fs)) \
-        if len(files) == 1 else pa.concat_tables(
-            pq.read_table(f, columns=["path", "model"], filesystem=storage.arrow_filesystem(fs)) for f in files)
-    keys = keys_table.column("path").to_pylist()
-    models = sorted(set(keys_table.column("model").to_pylist()))
+    index = _read_latents_index(fs, files)
+    keys, models, sizes = (index.column(c).to_pylist() for c in ("path", "model", "bytes"))
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"{job.input}: the latents hold some paths twice; decompress refuses to pick one")
     if job.model:
         modelstore.load_model(job.model, job.storage)  # a bad --model fails here, not per row
-    ext = "." + ("jpg" if job.format in ("jpg", "jpeg") else job.format)
-    opts, threads = _pool(job)
-    ds = ray.data.read_parquet(files, filesystem=storage.arrow_filesystem(fs)).select_columns(
-        ["path", "width", "height", "model", "bitstream"])
-    ds = ds.map_batches(
-        DecodeLatents, fn_constructor_args=(job.model, job.storage, threads, job.gpus, job.output, job.format,
-                                            _collisions(keys, ext)),
-        batch_size=job.batch_size, batch_format="pyarrow", **opts)
-    return _drain("decompress", job, ds, len(keys), [], models, latents=False, t0=t0)
+    identity = {k: (b, m) for k, b, m in zip(keys, sizes, models)}
+    plan = _plan("decompress", job, identity, [], f"{job.model or 'by-fingerprint'}/{job.format}",
+                 sorted(set(models)))
+    ds = None
+    if plan.todo:
+        _init_ray()
+        opts, threads = _pool(job)
+        todo = pa.array(plan.todo, pa.string())
+        ds = ray.data.read_parquet(files, filesystem=storage.arrow_filesystem(fs)).select_columns(
+            ["path", "width", "height", "model", "bitstream"])
+        if plan.done_before:
+            ds = ds.map_batches(lambda t: t.filter(pc.is_in(t["path"], value_set=todo)), batch_format="pyarrow")
+        ds = ds.map_batches(
+            DecodeLatents, fn_constructor_args=(job.model, job.storage, threads, job.gpus, job.output, job.format,
+                                                _collisions(keys, _ext(job.format))),
+            batch_size=job.batch_size, batch_format="pyarrow", **opts)
+    return _drain(plan, ds, t0)
 
 
 def restore(job: JobConfig) -> JobSummary:
     """Images -> restored images at <output>/<path> (extension replaced by the output format)."""
     t0 = time.time()
-    _init_ray()
     if not job.model and job.task not in modelstore.DEFAULT_RESTORERS:
         raise ValueError(f"--task {job.task}: no shipped model yet (shipped: "
                          f"{', '.join(modelstore.DEFAULT_RESTORERS)}); pass --model")
@@ -491,14 +616,17 @@ def restore(job: JobConfig) -> JobSummary:
     loaded = modelstore.load_model(model, job.storage)
     if loaded.kind != "restore":
         raise ValueError(f"--model {model}: a {loaded.kind} model, restore needs a restoration model")
-    fs, base, keys, skipped = _list_images(job)
-    ext = "." + ("jpg" if job.format in ("jpg", "jpeg") else job.format)
-    opts, threads = _pool(job)
-    ds = _read_images(fs, base, keys).map_batches(
-        RestoreImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, job.format,
-                                            _collisions(keys, ext)),
-        fn_constructor_kwargs={"base": base}, batch_size=job.batch_size, batch_format="numpy", **opts)
-    return _drain("restore", job, ds, len(keys), skipped, [loaded.fingerprint], latents=False, t0=t0)
+    fs, base, identity, skipped = _list_images(job)
+    plan = _plan("restore", job, identity, skipped, f"{loaded.fingerprint}/{job.format}", [loaded.fingerprint])
+    ds = None
+    if plan.todo:
+        _init_ray()
+        opts, threads = _pool(job)
+        ds = _read_images(fs, base, plan.todo).map_batches(
+            RestoreImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, job.format,
+                                                _collisions(list(identity), _ext(job.format))),
+            fn_constructor_kwargs={"base": base}, batch_size=job.batch_size, batch_format="numpy", **opts)
+    return _drain(plan, ds, t0)
 
 
 def generate(job: JobConfig) -> JobSummary:
@@ -506,16 +634,20 @@ def generate(job: JobConfig) -> JobSummary:
     import ray.data
 
     t0 = time.time()
-    _init_ray()
     model = job.model or modelstore.DEFAULT_CODEC
     loaded = modelstore.load_model(model, job.storage)
     if "prior_basis" not in loaded.extra:
         raise ValueError(f"--model {model}: has no generative prior (train it with `aeflow train --task codec`)")
     if job.count < 1:
         raise ValueError("--count must be at least 1")
-    opts, threads = _pool(job)
-    ds = ray.data.range(job.count).map_batches(lambda b: {"id": b["id"] + job.seed}, batch_format="numpy")
-    ds = ds.map_batches(
-        GenerateImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, "png", frozenset()),
-        batch_size=job.batch_size, batch_format="numpy", **opts)
-    return _drain("generate", job, ds, job.count, [], [loaded.fingerprint], latents=False, t0=t0)
+    seeds = {GenerateImages.key(job.seed + i): job.seed + i for i in range(job.count)}
+    plan = _plan("generate", job, {k: (0, "") for k in seeds}, [], loaded.fingerprint, [loaded.fingerprint])
+    ds = None
+    if plan.todo:
+        _init_ray()
+        opts, threads = _pool(job)
+        ds = ray.data.from_items([{"id": seeds[k]} for k in plan.todo]).map_batches(
+            GenerateImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, "png",
+                                                 frozenset()),
+            batch_size=job.batch_size, batch_format="numpy", **opts)
+    return _drain(plan, ds, t0)

@@ -42,7 +42,10 @@ def filesystem(uri: str, options: StorageOptions = StorageOptions()) -> tuple[fs
     scheme, path = split_uri(uri)
     if scheme == "s3":
         # A fresh instance: s3fs caches instances per kwargs, and tests restart endpoints.
-        return fsspec.filesystem("s3", skip_instance_cache=True, **options.s3_kwargs()), path
+        # botocore's standard retry mode backs off up to 20 s a try: an endpoint that is away for a
+        # few seconds (or answers 503) costs time, not images.
+        return fsspec.filesystem("s3", skip_instance_cache=True, **options.s3_kwargs(),
+                                 config_kwargs={"retries": {"max_attempts": 10, "mode": "standard"}}), path
     return fsspec.filesystem("file"), path
 
 
@@ -51,18 +54,26 @@ def arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pyarrow.fs.FileSystem:
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def list_files(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
-    """All file keys under root, relative to it, sorted. A root that is a single file lists itself."""
-    if fs.isfile(root):
-        return [posixpath.basename(root)]
+def list_files(fs: fsspec.AbstractFileSystem, root: str) -> dict[str, tuple[int, str]]:
+    """All files under root: key relative to root -> (size, tag), sorted by key. The tag is the
+    object's ETag on S3 or its mtime locally, so a changed input is seen as changed.
+    A root that is a single file lists itself."""
     if not fs.exists(root):
         raise FileNotFoundError(f"input not found: {root}")
+    if fs.isfile(root):
+        info = fs.info(root)
+        return {posixpath.basename(root): (int(info.get("size") or 0), _tag(info))}
     prefix = root.rstrip("/") + "/"
-    out = []
-    for full in fs.find(root):
+    out = {}
+    for full, info in fs.find(root, detail=True).items():
         rel = full[len(prefix):] if full.startswith(prefix) else posixpath.basename(full)
-        out.append(rel)
-    return sorted(out)
+        out[rel] = (int(info.get("size") or 0), _tag(info))
+    return dict(sorted(out.items()))
+
+
+def _tag(info: dict) -> str:
+    etag = info.get("ETag") or info.get("etag")
+    return str(etag).strip('"') if etag else str(info.get("mtime", ""))
 
 
 def input_root(fs: fsspec.AbstractFileSystem, root: str) -> str:

@@ -47,7 +47,8 @@ def test_bad_inputs_are_recorded_and_good_ones_all_written(ray_local, mixed_inpu
     assert [(e["path"], e["stage"]) for e in errors] == [("notes.png", "decode"), ("truncated.jpg", "decode")]
     assert "not a recognised image" in errors[0]["error"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"inputs": 5, "written": 3, "failed": 2, "skipped": 1, "unaccounted": 0}
+    assert manifest["counts"] == {"inputs": 5, "done_before": 0, "written": 3, "failed": 2, "skipped": 1,
+                                  "duplicates_dropped": 0, "unaccounted": 0}
     assert manifest["skipped_sample"] == ["README.txt"]
 
     dec = tmp_path / "decoded"
