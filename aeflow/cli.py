@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent-channels", type=int, default=48)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--max-failures", type=int, default=3,
+                   help="worker failures survived by restoring the latest checkpoint")
     p.add_argument("--no-ray", action="store_true", help="plain PyTorch loop (machines without Ray)")
     _endpoint_flag(p)
 
@@ -125,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers, use_gpu=args.gpu, epochs=args.epochs, batch_size=args.batch_size,
             crop=args.crop, crops_per_image=args.crops_per_image, lr=args.lr, seed=args.seed, init=args.init,
             rate_weight=args.rate_weight, sigma_max=args.sigma_max, channels=args.channels,
-            latent_channels=args.latent_channels, width=args.width, no_ray=args.no_ray, threads=args.threads)
+            latent_channels=args.latent_channels, width=args.width, no_ray=args.no_ray, threads=args.threads,
+            max_failures=args.max_failures)
         print(json.dumps(train(cfg, storage.StorageOptions(endpoint_url=args.endpoint_url))))
         return 0
     if args.command == "demo":

@@ -51,6 +51,7 @@ class TrainConfig:
     channels: int = 64  # codec width
     latent_channels: int = 48
     width: int = 32  # restorer width
+    max_failures: int = 3  # Ray Train: worker failures survived by restoring the latest checkpoint
     no_ray: bool = False
     threads: int = 0  # torch threads per worker; 0 = from the CPUs given to it
 
@@ -224,6 +225,7 @@ def _ray_worker(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as folder:
             start_epoch, step = load_checkpoint(folder, model, optimizer)
+        print(f"rank {rank}: resuming from checkpoint at epoch {start_epoch}, step {step}", flush=True)
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(model)
     shard = ray.train.get_dataset_shard("train")
@@ -245,7 +247,7 @@ def _ray_worker(config: dict) -> None:
 
 def _train_ray(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[torch.nn.Module, dict]:
     import ray
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     if not ray.is_initialized():
@@ -260,6 +262,7 @@ def _train_ray(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[torch
         name=cfg.name,
         storage_path=ckpt_root,
         storage_filesystem=storage.arrow_filesystem(fs) if scheme != "file" else None,
+        failure_config=FailureConfig(max_failures=cfg.max_failures),
     )
     trainer = TorchTrainer(
         _ray_worker,

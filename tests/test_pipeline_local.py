@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from aeflow import cli, images, pipeline
-from tests.conftest import psnr
+from tests.conftest import CODEC_PSNR_FLOOR, psnr
 
 
 def _write(folder, name, arr, fmt="PNG"):
@@ -56,7 +56,7 @@ def test_bad_inputs_are_recorded_and_good_ones_all_written(ray_local, mixed_inpu
     assert summary.written == 3 and summary.failed == 0
     got = images.decode_image((dec / "nested/deeper/chelsea.png").read_bytes())[0]
     assert got.shape == photos["chelsea"].shape
-    assert psnr(photos["chelsea"], got) > 22.0
+    assert psnr(photos["chelsea"], got) > CODEC_PSNR_FLOOR
 
 
 def test_decompress_refuses_rows_of_another_model(ray_local, tmp_path, photos, capsys):

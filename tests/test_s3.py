@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from aeflow import images, pipeline
-from tests.conftest import psnr
+from tests.conftest import CODEC_PSNR_FLOOR, psnr
 
 
 def test_s3_compress_decompress_restore_round_trip(ray_local, s3, photos):
@@ -31,7 +31,7 @@ def test_s3_compress_decompress_restore_round_trip(ray_local, s3, photos):
     for name, arr in photos.items():
         got, _ = images.decode_image(s3.cat(f"photos/decoded/2024/{name}.png"))
         assert got.shape == arr.shape
-        assert psnr(arr, got) > 22.0, name
+        assert psnr(arr, got) > CODEC_PSNR_FLOOR, name
 
     res = pipeline.restore(pipeline.JobConfig(input="s3://photos/archive", output="s3://photos/restored"))
     assert (res.written, res.failed) == (3, 1)

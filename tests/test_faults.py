@@ -1,0 +1,180 @@
+"""Faults caused for real: a Ray worker SIGKILLed mid-job, the driver killed mid-job, a training
+worker killed, and the S3 endpoint gone for a few seconds. Nothing lost, nothing twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from aeflow import pipeline
+from aeflow.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _processes(pattern: str) -> list[int]:
+    """PIDs whose command line (Ray sets it to the actor's name) contains pattern."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if pattern in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _kill_when(pattern: str, ready, timeout: float = 180) -> int:
+    """Once ready() holds, SIGKILL the first process matching pattern; returns its pid (0 if none)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if ready():
+            pids = _processes(pattern)
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                return pids[0]
+        time.sleep(0.2)
+    return 0
+
+
+def _many_images(folder: Path, n: int, size: int = 256) -> list[str]:
+    """n distinct real-photo crops (offsets and flips of scikit-image's photos), size x size (<= 400)."""
+    import skimage.data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket(), skimage.data.hubble_deep_field()]
+    names = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        y = (i * 7) % (src.shape[0] - size + 1)
+        x = (i * 13) % (src.shape[1] - size + 1)
+        crop = src[y:y + size, x:x + size]
+        if i % 2:
+            crop = crop[:, ::-1]
+        name = f"batch{i // 10}/img{i:03d}.png"
+        (folder / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(crop)).save(folder / name)
+        names.append(name)
+    return names
+
+
+def _run_in_thread(fn):
+    out: dict = {}
+
+    def target():
+        try:
+            out["result"] = fn()
+        except BaseException as e:  # surfaced by the test
+            out["error"] = e
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_worker_sigkilled_mid_restore_loses_nothing_and_writes_nothing_twice(ray_local, tmp_path):
+    names = _many_images(tmp_path / "in", 40)
+    out = tmp_path / "out"
+    job = pipeline.JobConfig(input=str(tmp_path / "in"), output=str(out), batch_size=2, flush_rows=1)
+    thread, res = _run_in_thread(lambda: pipeline.restore(job))
+    killed = _kill_when("MapBatches(RestoreImages)", lambda: len(list(out.rglob("img*.png"))) >= 4)
+    thread.join(timeout=400)
+    assert killed, "the worker was never seen to kill"
+    assert "error" not in res, res.get("error")
+    summary = res["result"]
+    assert (summary.written, summary.failed) == (40, 0)
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("img*.png"))
+    assert written == sorted(names)
+    assert not list(out.rglob("*.tmp")), "a partial file was left behind"
+    progress = pq.ParquetDataset(sorted(str(p) for p in (out / "_progress").glob("part-*.parquet"))).read()
+    assert sorted(progress.column("path").to_pylist()) == sorted(names)  # each exactly once
+
+
+def test_driver_killed_mid_job_rerun_finishes_the_rest(ray_local, tmp_path):
+    names = _many_images(tmp_path / "in", 30, size=400)  # big enough that the job takes a while
+    out = tmp_path / "out"
+    ray_tmp = tempfile.mkdtemp(prefix="aed", dir="/tmp")
+    code = ("from aeflow import pipeline; pipeline.restore(pipeline.JobConfig("
+            f"input={str(tmp_path / 'in')!r}, output={str(out)!r}, batch_size=1, flush_rows=1))")
+    driver = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, cwd=ROOT,
+                              env={**os.environ, "RAY_TMPDIR": ray_tmp},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while len(list((out / "_progress").glob("part-*.parquet"))) < 2:
+            assert driver.poll() is None, "the driver ended before it could be killed"
+            assert time.time() < deadline, "the driver made no progress"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+        for pid in _processes(ray_tmp):  # that driver's own local Ray, and nothing else
+            os.kill(pid, signal.SIGKILL)
+    assert not (out / "manifest.json").exists()
+    rerun = pipeline.restore(pipeline.JobConfig(input=str(tmp_path / "in"), output=str(out)))
+    assert rerun.done_before >= 2 and rerun.done_before + rerun.written == 30 and rerun.failed == 0
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("img*.png")) == sorted(names)
+    assert json.loads((out / "manifest.json").read_text())["counts"]["unaccounted"] == 0
+
+
+def test_training_worker_killed_restores_latest_checkpoint(ray_local, tmp_path):
+    data = tmp_path / "data"
+    _many_images(data, 6, size=128)
+    cfg = TrainConfig(task="codec", data=str(data), out=str(tmp_path / "model"), storage=str(tmp_path / "ckpt"),
+                      name="t", workers=2, epochs=8, batch_size=2, crop=64, crops_per_image=24, channels=16,
+                      latent_channels=8)
+    thread, res = _run_in_thread(lambda: train(cfg))
+    first_seen: list[float] = []
+
+    def checkpoint_registered() -> bool:
+        """A checkpoint on disk for 3 s: Train's controller has then taken in its report."""
+        if not first_seen and list((tmp_path / "ckpt" / "t").glob("checkpoint_*")):
+            first_seen.append(time.time())
+        return bool(first_seen) and time.time() - first_seen[0] > 3
+
+    killed = _kill_when("RayTrainWorker", checkpoint_registered)
+    thread.join(timeout=500)
+    assert killed, "no training worker was seen to kill"
+    assert "error" not in res, res.get("error")
+    assert res["result"]["epoch"] == 8
+    assert res["result"]["start_epoch"] >= 1  # the final attempt started from a checkpoint, not from scratch
+
+
+def test_s3_endpoint_gone_for_seconds_is_retried(ray_local, s3, s3_server, tmp_path):
+    names = _many_images(tmp_path / "in", 24)
+    for n in names:
+        s3.put(str(tmp_path / "in" / n), f"photos/in/{n}")
+    job = pipeline.JobConfig(input="s3://photos/in", output="s3://photos/lat", batch_size=1, flush_rows=1)
+    thread, res = _run_in_thread(lambda: pipeline.compress(job))
+    deadline = time.time() + 240
+    while not s3.glob("photos/lat/latents-00001.parquet"):
+        assert time.time() < deadline and thread.is_alive(), "the job made no progress"
+        time.sleep(0.2)
+    assert thread.is_alive(), "the job ended before the endpoint could be taken away"
+    s3_server.stop()
+    time.sleep(4)
+    s3_server.start()
+    thread.join(timeout=400)
+    assert "error" not in res, res.get("error")
+    summary = res["result"]
+    assert (summary.written, summary.failed) == (24, 0), summary.errors[:3]
+    s3.invalidate_cache()
+    with s3.open("photos/lat/manifest.json") as f:
+        assert json.load(f)["counts"]["unaccounted"] == 0
+    paths = []
+    for part in s3.glob("photos/lat/latents-*.parquet"):
+        with s3.open(part, "rb") as f:
+            paths += pq.read_table(f, columns=["path"]).column("path").to_pylist()
+    assert sorted(paths) == sorted(names)
