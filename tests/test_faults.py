@@ -153,15 +153,16 @@ def test_training_worker_killed_restores_latest_checkpoint(ray_local, tmp_path):
 
 
 def test_s3_endpoint_gone_for_seconds_is_retried(ray_local, s3, s3_server, tmp_path):
-    names = _many_images(tmp_path / "in", 24)
+    names = _many_images(tmp_path / "in", 40, size=320)
     for n in names:
         s3.put(str(tmp_path / "in" / n), f"photos/in/{n}")
-    job = pipeline.JobConfig(input="s3://photos/in", output="s3://photos/lat", batch_size=1, flush_rows=1)
-    thread, res = _run_in_thread(lambda: pipeline.compress(job))
+    job = pipeline.JobConfig(input="s3://photos/in", output="s3://photos/out", batch_size=1, flush_rows=1)
+    thread, res = _run_in_thread(lambda: pipeline.restore(job))
     deadline = time.time() + 240
-    while not s3.glob("photos/lat/latents-00001.parquet"):
+    while len(s3.find("photos/out/batch0")) < 3:  # the actors are writing
         assert time.time() < deadline and thread.is_alive(), "the job made no progress"
         time.sleep(0.2)
+        s3.invalidate_cache()
     assert thread.is_alive(), "the job ended before the endpoint could be taken away"
     s3_server.stop()
     time.sleep(4)
@@ -169,12 +170,13 @@ def test_s3_endpoint_gone_for_seconds_is_retried(ray_local, s3, s3_server, tmp_p
     thread.join(timeout=400)
     assert "error" not in res, res.get("error")
     summary = res["result"]
-    assert (summary.written, summary.failed) == (24, 0), summary.errors[:3]
+    assert (summary.written, summary.failed) == (40, 0), summary.errors[:3]
     s3.invalidate_cache()
-    with s3.open("photos/lat/manifest.json") as f:
+    with s3.open("photos/out/manifest.json") as f:
         assert json.load(f)["counts"]["unaccounted"] == 0
+    assert sorted(p[len("photos/out/"):] for p in s3.find("photos/out") if "/img" in p) == sorted(names)
     paths = []
-    for part in s3.glob("photos/lat/latents-*.parquet"):
+    for part in s3.glob("photos/out/_progress/part-*.parquet"):
         with s3.open(part, "rb") as f:
             paths += pq.read_table(f, columns=["path"]).column("path").to_pylist()
-    assert sorted(paths) == sorted(names)
+    assert sorted(paths) == sorted(names)  # each exactly once
