@@ -28,7 +28,7 @@ def main() -> None:
     os.makedirs(src, exist_ok=True)
     for name, arr in demo_photos().items():
         Image.fromarray(arr).save(os.path.join(src, f"{name}.png"))
-    ray.init(num_cpus=os.cpu_count(), logging_level="warning")
+    ray.init(num_cpus=os.cpu_count(), logging_level="warning", log_to_driver=False)  # stdout: JSON only
     report = evaluate_codec(src, os.path.join(work, "eval"), args.model)
     print(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "model": report["model"],
                       "mean": report["mean"],

@@ -61,7 +61,7 @@ def main() -> None:
     write_all(src, bad)
     write_all(src, odd)
     good = args.good + len(odd)
-    ray.init(num_cpus=os.cpu_count(), logging_level="warning")
+    ray.init(num_cpus=os.cpu_count(), logging_level="warning", log_to_driver=False)  # stdout: JSON only
     results = []
     lat = work / "latents"
     results.append(_run("compress", pipeline.JobConfig(input=str(src), output=str(lat), batch_size=4, flush_rows=8),
