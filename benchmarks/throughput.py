@@ -1,0 +1,165 @@
+"""Throughput: megapixels per second of (a) the bare model in one process (same thread count, no Ray,
+no I/O), (b) the full aeflow pipeline on local files, (c) the same from a moto S3 server on loopback,
+for compress, decompress and restore over the same real photos; the ratios (b)/(a), (c)/(a); peak
+RSS of the driver and of Ray workers. Prints JSON.
+
+Usage: python benchmarks/throughput.py [--images 120] [--size 512x384]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import torch
+from PIL import Image
+
+from aeflow import codec, modelstore, pipeline, storage
+
+
+def photos(n: int, w: int, h: int) -> list[np.ndarray]:
+    """n distinct crops (offsets and flips) of scikit-image's colour photos (held out of training)."""
+    import skimage.data
+
+    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket(),
+               skimage.data.hubble_deep_field()]
+    out = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        if src.shape[0] < h or src.shape[1] < w:
+            src = np.asarray(Image.fromarray(src).resize((max(w, src.shape[1]), max(h, src.shape[0]))))
+        y = (i * 17) % (src.shape[0] - h + 1)
+        x = (i * 29) % (src.shape[1] - w + 1)
+        crop = src[y:y + h, x:x + w]
+        out.append(np.ascontiguousarray(crop[:, ::-1] if i % 2 else crop))
+    return out
+
+
+class WorkerRSS:
+    """Samples the resident memory of Ray worker processes (and the peak) while a job runs."""
+
+    def __init__(self):
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            for d in Path("/proc").iterdir():
+                if not d.name.isdigit():
+                    continue
+                try:
+                    if not (d / "cmdline").read_bytes().startswith(b"ray::"):
+                        continue
+                    for line in (d / "status").read_text().splitlines():
+                        if line.startswith("VmRSS:"):
+                            self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                except OSError:
+                    pass
+            time.sleep(0.5)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+@torch.inference_mode()
+def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float:
+    """Seconds for the model alone (with bitstream packing for compress, which the job also does)."""
+    torch.set_num_threads(threads)
+    if task == "restore":
+        model = modelstore.load_model("denoise-default").module
+    else:
+        model = modelstore.load_model("codec-default").module
+    streams = codec.encode_images(model, arrays[:batch]) if task == "decompress" else None
+    latents = [codec.unpack(s)[0] for s in streams] if streams else None
+    t0 = time.time()
+    for i in range(0, len(arrays), batch):
+        group = arrays[i:i + batch]
+        if task == "compress":
+            codec.encode_images(model, group)
+        elif task == "decompress":
+            h, w = group[0].shape[:2]
+            for j in range(len(group)):
+                codec.decode_latents(model, latents[j % len(latents)], w, h)
+        else:
+            x = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).float().div_(255)
+            codec.to_uint8(model(x)[0])
+    return time.time() - t0
+
+
+def run_job(task: str, src: str, work: str, batch: int) -> tuple[float, int]:
+    """Seconds of one pipeline run (Ray already up) and the peak worker RSS in kB."""
+    job = {"compress": (src, f"{work}/latents"), "decompress": (f"{work}/latents", f"{work}/decoded"),
+           "restore": (src, f"{work}/restored")}[task]
+    cfg = pipeline.JobConfig(input=job[0], output=job[1], batch_size=batch, resume=False)
+    with WorkerRSS() as rss:
+        t0 = time.time()
+        getattr(pipeline, task)(cfg)
+        return time.time() - t0, rss.peak_kb
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--size", default="512x384")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    w, h = (int(v) for v in args.size.split("x"))
+    arrays = photos(args.images, w, h)
+    mpix = args.images * w * h / 1e6
+    tmp = tempfile.mkdtemp(prefix="aeflow-tp-")
+    src = f"{tmp}/photos"
+    os.makedirs(src)
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(f"{src}/{i:05d}.png", compress_level=1)
+
+    from moto.server import ThreadedMotoServer
+
+    port = 24000 + os.getpid() % 5000
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+                       "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    fs, _ = storage.filesystem("s3://bench")
+    fs.mkdir("bench")
+    fs.put(src, "bench/photos", recursive=True)
+
+    cpus = os.cpu_count()
+    ray.init(num_cpus=cpus, logging_level="error", log_to_driver=False)
+    opts, threads = pipeline._pool(pipeline.JobConfig(input="", output=""))
+    results = {}
+    for task in ("compress", "decompress", "restore"):
+        a = bare(task, arrays, args.batch_size, threads)
+        b, b_rss = run_job(task, src, f"{tmp}/local", args.batch_size)
+        c, c_rss = run_job(task, "s3://bench/photos", "s3://bench/out", args.batch_size)
+        results[task] = {
+            "bare_mpix_s": round(mpix / a, 3), "local_mpix_s": round(mpix / b, 3), "s3_mpix_s": round(mpix / c, 3),
+            "local_over_bare": round(a / b, 3), "s3_over_bare": round(a / c, 3),
+            "seconds": {"bare": round(a, 1), "local": round(b, 1), "s3": round(c, 1)},
+            "peak_worker_rss_mb": round(max(b_rss, c_rss) / 1024),
+        }
+    server.stop()
+    print(json.dumps({
+        "machine": f"{platform.machine()}, {cpus} CPUs, torch threads per actor {threads}",
+        "images": args.images, "size": args.size, "megapixels": round(mpix, 2),
+        "peak_driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "tasks": results,
+    }, indent=1))
+
+
+if __name__ == "__main__":
+    main()
