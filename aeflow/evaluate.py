@@ -42,7 +42,8 @@ def evaluate_codec(input_uri: str, work_uri: str, model: str = "",
     decoded_uri = storage.join(work_uri, "decoded")
     comp = pipeline.compress(pipeline.JobConfig(input=input_uri, output=latents_uri, model=model, resume=False,
                                                 storage=options))
-    pipeline.decompress(pipeline.JobConfig(input=latents_uri, output=decoded_uri, resume=False, storage=options))
+    pipeline.decompress(pipeline.JobConfig(input=latents_uri, output=decoded_uri, model=model, resume=False,
+                                           storage=options))
     in_fs, in_root = storage.filesystem(input_uri, options)
     base = storage.input_root(in_fs, in_root)
     out_fs, out_root = storage.filesystem(decoded_uri, options)

@@ -105,3 +105,19 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     (tmp_path / "only-text" / "a.txt").write_text("x")
     assert cli.main(["compress", "--input", str(tmp_path / "only-text"), "--output", str(tmp_path / "o")]) == 2
     assert "no image files" in capsys.readouterr().err
+
+
+def test_eval_with_a_trained_model_of_ones_own(ray_local, tmp_path, photos):
+    from aeflow.models import ConvAutoencoder
+    from aeflow.modelstore import save_model
+
+    src = tmp_path / "in"
+    for name, arr in photos.items():
+        _write(src, f"{name}.png", arr)
+    fp = save_model(ConvAutoencoder(), str(tmp_path / "mine"))
+    args = ["eval", "--input", str(src), "--output", str(tmp_path / "ev"), "--model", str(tmp_path / "mine")]
+    assert cli.main(args) == 0
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["model"] == [fp] and report["mean"]["images"] == 3
+    for row in report["images"]:
+        assert row["bpp"] > 0 and row["jpeg_bpp"] > 0 and row["webp_psnr"] > 0
