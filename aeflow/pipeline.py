@@ -118,6 +118,28 @@ def _rows_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist([{**{n: None for n in full.names}, **r} for r in rows], schema=full)
 
 
+def _decode_batch(batch: dict, base: str, row_for) -> tuple[list[dict], list[tuple[int, np.ndarray]]]:
+    """Decode each (path, bytes) of a batch read by Ray. Returns one row per input, in order (an error
+    row for an undecodable file, or for a key that row_for(key, arr, mode) refuses with ValueError),
+    and (row index, image) for each decoded image."""
+    rows: list[dict] = []
+    decoded: list[tuple[int, np.ndarray]] = []
+    for path, data in zip(batch["path"], batch["bytes"]):
+        key = _relative(path, base)
+        try:
+            arr, mode = images.decode_image(data)
+            row = row_for(key, arr, mode)
+        except images.ImageError as e:
+            rows.append(_error(key, "decode", e))
+            continue
+        except ValueError as e:  # an output key that is unsafe or collides
+            rows.append(_error(key, "key", e))
+            continue
+        rows.append(row)
+        decoded.append((len(rows) - 1, arr))
+    return rows, decoded
+
+
 def _by_shape(items: list[tuple[int, np.ndarray]]) -> dict[tuple, list[tuple[int, np.ndarray]]]:
     """Group decoded images by shape so each group is one batched model call (no padding waste)."""
     groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
@@ -146,17 +168,8 @@ class EncodeImages(_ModelActor):
         self.base = base
 
     def __call__(self, batch: dict) -> pa.Table:
-        rows: list[dict] = []
-        decoded: list[tuple[int, np.ndarray]] = []
-        for path, data in zip(batch["path"], batch["bytes"]):
-            key = _relative(path, self.base)
-            try:
-                arr, mode = images.decode_image(data)
-            except images.ImageError as e:
-                rows.append(_error(key, "decode", e))
-                continue
-            rows.append({"path": key, "width": arr.shape[1], "height": arr.shape[0], "mode": mode})
-            decoded.append((len(rows) - 1, arr))
+        rows, decoded = _decode_batch(batch, self.base, lambda key, arr, mode: {
+            "path": key, "width": arr.shape[1], "height": arr.shape[0], "mode": mode})
         fp = self.loaded.fingerprint
         for group in _by_shape(decoded).values():
             try:
@@ -246,18 +259,8 @@ class RestoreImages(_WriteImages):
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> pa.Table:
-        rows: list[dict] = []
-        decoded: list[tuple[int, np.ndarray]] = []
-        for path, data in zip(batch["path"], batch["bytes"]):
-            key = _relative(path, self.base)
-            try:
-                out = self.out_key(key)
-                arr, _ = images.decode_image(data)
-            except (images.ImageError, ValueError) as e:
-                rows.append(_error(key, "decode" if isinstance(e, images.ImageError) else "key", e))
-                continue
-            rows.append({"path": key, "output": out})
-            decoded.append((len(rows) - 1, arr))
+        rows, decoded = _decode_batch(batch, self.base, lambda key, arr, mode: {
+            "path": key, "output": self.out_key(key)})
         for group in _by_shape(decoded).values():
             try:
                 x = torch.from_numpy(np.stack([a for _, a in group])).permute(0, 3, 1, 2).float().div_(255)
