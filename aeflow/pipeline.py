@@ -107,8 +107,13 @@ class JobFailed(RuntimeError):
 # --- shared by the actors ------------------------------------------------------------------------
 
 def _error(path: str, stage: str, exc: BaseException | str) -> dict:
-    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}" if not isinstance(
-        exc, (images.ImageError, codec.BitstreamError)) else str(exc)
+    """An error row with a one-line reason; aeflow's own errors read as they are, others keep their type."""
+    if isinstance(exc, str):
+        reason = exc
+    elif isinstance(exc, (images.ImageError, codec.BitstreamError)):
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
     return {"path": path, "stage": stage, "error": reason.splitlines()[0] if reason else stage}
 
 
