@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _job_flags(p, "restoration model URI (default: the shipped model for --task)")
     p.add_argument("--task", default="denoise")
     p.add_argument("--format", default="png", choices=["png", "webp", "jpeg"])
+    p.add_argument("--tile", type=int, default=512, help="images larger than this run in blended tiles")
 
     p = sub.add_parser("generate", help="new images decoded from sampled latents")
     p.add_argument("--output", required=True)
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "decompress":
         summary = pipeline.decompress(_job(args, format=args.format))
     else:
-        summary = pipeline.restore(_job(args, format=args.format, task=args.task))
+        summary = pipeline.restore(_job(args, format=args.format, task=args.task, tile=args.tile))
     _print_summary(summary)
     return 0
 

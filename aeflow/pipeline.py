@@ -23,6 +23,7 @@ import torch
 
 import aeflow
 from aeflow import codec, images, modelstore, storage
+from aeflow.tiling import tiled
 
 # Columns that let a re-run skip finished inputs: the input's size and tag (ETag or mtime) when it was
 # processed, and the settings that shaped the output (model fingerprint, format).
@@ -62,6 +63,7 @@ class JobConfig:
     threads: int = 0  # torch threads per actor; 0 = CPUs / actors
     format: str = "png"  # restore/decompress/generate output format
     task: str = "denoise"  # restore task
+    tile: int = 512  # restore: larger images run in overlapping tiles of this size (bounded memory)
     count: int = 0  # generate: number of images
     seed: int = 0  # generate: base seed
     max_errors: float = -1  # >= 1: max failed inputs; in (0, 1): max fraction; -1: fail only if all failed
@@ -258,9 +260,9 @@ class DecodeLatents(_WriteImages):
 class RestoreImages(_WriteImages):
     """bytes -> decode -> restorer -> image files."""
 
-    def __init__(self, *args, base: str, **kwargs):
+    def __init__(self, *args, base: str, tile: int, **kwargs):
         super().__init__(*args, **kwargs)
-        self.base = base
+        self.base, self.tile = base, tile
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> pa.Table:
@@ -269,7 +271,7 @@ class RestoreImages(_WriteImages):
         for group in _by_shape(decoded).values():
             try:
                 x = torch.from_numpy(np.stack([a for _, a in group])).permute(0, 3, 1, 2).float().div_(255)
-                y = self.loaded.module(x.to(self.device)).cpu()
+                y = tiled(self.loaded.module, x.to(self.device), tile=self.tile).cpu()
             except Exception as e:
                 for i, _ in group:
                     rows[i] = _error(rows[i]["path"], "model", e)
@@ -633,7 +635,8 @@ def restore(job: JobConfig) -> JobSummary:
         ds = _read_images(fs, base, plan.todo).map_batches(
             RestoreImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, job.format,
                                                 _collisions(list(identity), _ext(job.format))),
-            fn_constructor_kwargs={"base": base}, batch_size=job.batch_size, batch_format="numpy", **opts)
+            fn_constructor_kwargs={"base": base, "tile": job.tile}, batch_size=job.batch_size, batch_format="numpy",
+            **opts)
     return _drain(plan, ds, t0)
 
 

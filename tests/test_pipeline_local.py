@@ -121,3 +121,16 @@ def test_eval_with_a_trained_model_of_ones_own(ray_local, tmp_path, photos):
     assert report["model"] == [fp] and report["mean"]["images"] == 3
     for row in report["images"]:
         assert row["bpp"] > 0 and row["jpeg_bpp"] > 0 and row["webp_psnr"] > 0
+
+
+def test_restore_runs_large_images_in_tiles(ray_local, tmp_path):
+    import skimage.data
+
+    clean = np.asarray(Image.fromarray(skimage.data.coffee()).resize((900, 601)))
+    noisy = np.clip(np.round(clean + np.random.default_rng(3).normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
+    _write(tmp_path / "in", "big.png", noisy)
+    args = ["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--tile", "256"]
+    assert cli.main(args) == 0
+    out = images.decode_image((tmp_path / "out" / "big.png").read_bytes())[0]
+    assert out.shape == clean.shape
+    assert psnr(clean, out) > psnr(clean, noisy) + 3.0
