@@ -81,9 +81,22 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
             "denoised_psnr": metrics.psnr(arr, _load(f"{out}/denoised", name)),
         })
     _print_table(rows, comp.written, t_comp, t_dec, t_den)
+    _grid(out, ["astronaut", "chelsea", "coffee"])
     print(f"\noutputs: {out}/latents (Parquet, manifest.json, errors.parquet), {out}/decompressed, "
-          f"{out}/noisy, {out}/denoised")
+          f"{out}/noisy, {out}/denoised; a before/after picture in {out}/grid.png")
     return rows
+
+
+def _grid(out: str, names: list[str], size: int = 200) -> None:
+    """Centre crops, one row per photo: original | decompressed | noisy | denoised."""
+    folders = ["photos", "decompressed", "noisy", "denoised"]
+    grid = Image.new("RGB", (size * len(folders), size * len(names)), "white")
+    for r, name in enumerate(names):
+        for c, folder in enumerate(folders):
+            arr = _load(f"{out}/{folder}", name)
+            y, x = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+            grid.paste(Image.fromarray(arr[y:y + size, x:x + size]), (c * size, r * size))
+    grid.save(f"{out}/grid.png")
 
 
 def _print_table(rows: list[dict], n: int, t_comp: float, t_dec: float, t_den: float) -> None:
