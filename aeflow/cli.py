@@ -23,6 +23,9 @@ def _job_flags(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per actor (default: CPUs/actors)")
     p.add_argument("--overwrite", action="store_true",
                    help="redo every input (default: resume, skipping inputs finished with the same settings)")
+    p.add_argument("--listing", default="",
+                   help="compress/restore: keys under --input from a file (Parquet 'path' column or text, one per "
+                        "line) instead of listing the prefix; each job saves its listing as <output>/_listing.parquet")
     p.add_argument("--max-errors", type=float, default=-1,
                    help="fail the job past N failed inputs (N >= 1) or a fraction (0 < N < 1); "
                         "default: fail only when every input failed")
@@ -38,7 +41,7 @@ def _job(args: argparse.Namespace, **extra) -> pipeline.JobConfig:
     return pipeline.JobConfig(
         input=args.input, output=args.output, model=args.model, batch_size=args.batch_size,
         concurrency=args.concurrency, gpus=args.gpus, threads=args.threads, max_errors=args.max_errors,
-        resume=not args.overwrite,
+        resume=not args.overwrite, listing=args.listing,
         storage=storage.StorageOptions(endpoint_url=args.endpoint_url), **extra)
 
 

@@ -64,6 +64,7 @@ class JobConfig:
     format: str = "png"  # restore/decompress/generate output format
     task: str = "denoise"  # restore task
     tile: int = 512  # restore: larger images run in overlapping tiles of this size (bounded memory)
+    listing: str = ""  # a listing file of keys under `input` to use instead of listing the prefix
     count: int = 0  # generate: number of images
     seed: int = 0  # generate: base seed
     max_errors: float = -1  # >= 1: max failed inputs; in (0, 1): max fraction; -1: fail only if all failed
@@ -517,10 +518,16 @@ def _drain(plan: _Plan, ds, t0: float) -> JobSummary:
 
 
 def _list_images(job: JobConfig) -> tuple[object, str, dict[str, tuple[int, str]], list[str]]:
-    """(fs, base, image key -> (size, tag), skipped non-image keys) for the job's input URI."""
+    """(fs, base, image key -> (size, tag), skipped non-image keys) for the job's input URI, from
+    job.listing when given; the listing is saved as <output>/_listing.parquet for later jobs."""
     fs, root = storage.filesystem(job.input, job.storage)
-    listing = storage.list_files(fs, root)
-    base = storage.input_root(fs, root)
+    if job.listing:
+        listing, base = storage.read_listing(job.listing, job.storage), root
+    else:
+        listing, base = storage.list_files(fs, root), storage.input_root(fs, root)
+    out_fs, out_root = storage.filesystem(job.output, job.storage)
+    out_fs.makedirs(out_root, exist_ok=True)
+    storage.write_listing(out_fs, storage.join(out_root, "_listing.parquet"), listing)
     imgs = {k: v for k, v in listing.items() if images.is_image_key(k)}
     if not imgs:
         raise FileNotFoundError(f"no image files under {job.input} ({len(listing)} other files; "

@@ -9,7 +9,9 @@ import uuid
 from dataclasses import dataclass
 
 import fsspec
+import pyarrow as pa
 import pyarrow.fs
+import pyarrow.parquet as pq
 
 
 @dataclass(frozen=True)
@@ -123,3 +125,33 @@ def atomic_open(fs: fsspec.AbstractFileSystem, path: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+LISTING_SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("tag", pa.string())])
+
+
+def read_listing(uri: str, options: StorageOptions = StorageOptions()) -> dict[str, tuple[int, str]]:
+    """Keys to process, relative to the input root, from a listing file instead of listing a prefix
+    (listing 100M objects takes hours): Parquet with a `path` column (optional `size` and `tag`, as
+    aeflow writes to <output>/_listing.parquet), or text with one key per line. Without sizes and
+    tags a re-run recognises finished inputs by key alone."""
+    fs, path = filesystem(uri, options)
+    if path.endswith(".parquet"):
+        table = pq.read_table(path, filesystem=arrow_filesystem(fs))
+        if "path" not in table.column_names:
+            raise ValueError(f"listing {uri}: a Parquet listing needs a 'path' column")
+        keys = table.column("path").to_pylist()
+        sizes = table.column("size").to_pylist() if "size" in table.column_names else [-1] * len(keys)
+        tags = table.column("tag").to_pylist() if "tag" in table.column_names else [""] * len(keys)
+    else:
+        keys = [line.strip() for line in fs.cat_file(path).decode().splitlines() if line.strip()]
+        sizes, tags = [-1] * len(keys), [""] * len(keys)
+    return dict(sorted((k, (int(s if s is not None else -1), t or "")) for k, s, t in zip(keys, sizes, tags)))
+
+
+def write_listing(fs: fsspec.AbstractFileSystem, path: str, listing: dict[str, tuple[int, str]]) -> None:
+    """Save a listing (key -> (size, tag)) as Parquet, so the next job can take it with --listing."""
+    table = pa.table({"path": list(listing), "size": [v[0] for v in listing.values()],
+                      "tag": [v[1] for v in listing.values()]}, schema=LISTING_SCHEMA)
+    with atomic_open(fs, path) as f:
+        pq.write_table(table, f)

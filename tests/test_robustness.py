@@ -122,3 +122,22 @@ def test_latents_of_a_wrong_schema_or_version_are_refused(tmp_path):
                    tmp_path / "lat" / "latents-00000.parquet")
     with pytest.raises(ValueError, match=r"format version \[7\] is not supported"):
         pipeline.decompress(pipeline.JobConfig(input=str(tmp_path / "lat"), output=str(tmp_path / "o")))
+
+
+def test_a_listing_file_replaces_listing_the_prefix(ray_local, tmp_path, photos):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, arr in photos.items():
+        Image.fromarray(arr).save(src / f"{name}.png")
+    first = pipeline.compress(pipeline.JobConfig(input=str(src), output=str(tmp_path / "a")))
+    saved = pq.read_table(tmp_path / "a" / "_listing.parquet").to_pylist()
+    assert [r["path"] for r in saved] == ["astronaut.png", "chelsea.png", "coffee.png"] and first.written == 3
+    assert all(r["size"] == (src / r["path"]).stat().st_size for r in saved)
+
+    (tmp_path / "keys.txt").write_text("coffee.png\nchelsea.png\n")
+    some = pipeline.compress(pipeline.JobConfig(input=str(src), output=str(tmp_path / "b"),
+                                                listing=str(tmp_path / "keys.txt")))
+    assert (some.inputs, some.written) == (2, 2)
+    again = pipeline.compress(pipeline.JobConfig(input=str(src), output=str(tmp_path / "a"),
+                                                 listing=str(tmp_path / "a" / "_listing.parquet")))
+    assert (again.done_before, again.written) == (3, 0)  # the saved listing keeps sizes and tags: resume works
