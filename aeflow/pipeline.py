@@ -239,6 +239,10 @@ class DecodeLatents(_WriteImages):
             key = r["path"]
             try:
                 out = self.out_key(key)
+            except ValueError as e:  # an output key that is unsafe or collides
+                rows.append(_error(key, "key", str(e)))
+                continue
+            try:
                 model = self._model_for(r["model"])
             except ValueError as e:
                 rows.append(_error(key, "model", str(e)))

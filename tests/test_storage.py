@@ -22,3 +22,25 @@ def test_split_uri():
     assert storage.split_uri("rel")[1].endswith("/rel")
     with pytest.raises(ValueError, match="unsupported URI scheme"):
         storage.split_uri("gs://x/y")
+
+
+def test_decompress_refuses_an_unsafe_key_in_the_latents_as_a_key_error(ray_local, tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aeflow import codec, modelstore
+
+    model = modelstore.load_model(modelstore.DEFAULT_CODEC)
+    bits = codec.pack(np.zeros((48, 1, 1), np.float32), 16, 16)
+    row = {f.name: None for f in pipeline.LATENTS_SCHEMA}
+    row.update(path="../escape.png", width=16, height=16, model=model.fingerprint, bitstream=bits,
+               bytes=len(bits), format_version=codec.FORMAT_VERSION)
+    (tmp_path / "lat").mkdir()
+    pq.write_table(pa.Table.from_pylist([row], schema=pipeline.LATENTS_SCHEMA),
+                   tmp_path / "lat" / "latents-00000.parquet")
+    with pytest.raises(pipeline.JobFailed, match="unsafe key"):
+        pipeline.decompress(pipeline.JobConfig(input=str(tmp_path / "lat"), output=str(tmp_path / "out" / "x")))
+    errors = pq.read_table(tmp_path / "out" / "x" / "errors.parquet").to_pylist()
+    assert [(e["path"], e["stage"]) for e in errors] == [("../escape.png", "key")]
+    assert not (tmp_path / "out" / "escape.png").exists()
