@@ -201,7 +201,7 @@ class _WriteImages(_ModelActor):
         super().__init__(model, options, threads, gpus)
         self.out_fs, self.out_root = storage.filesystem(output, options)
         self.fmt = fmt
-        self.ext = "." + ("jpg" if fmt in ("jpg", "jpeg") else fmt)
+        self.ext = _ext(fmt)
         self.collisions = collisions
 
     def out_key(self, key: str) -> str:
