@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from aeflow import pipeline, storage
+from aeflow import codec, pipeline, storage
+from aeflow.models.autoencoder import DEFAULT_LAMBDAS
 
 
 def _job_flags(p: argparse.ArgumentParser, model_help: str) -> None:
@@ -64,12 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", default="", help="model to start from (URI or shipped name)")
-    p.add_argument("--rate-weight", type=float, default=0.01, help="codec: weight of the latent rate proxy")
+    p.add_argument("--lmbda", default=",".join(str(v) for v in DEFAULT_LAMBDAS),
+                   help="codec: comma-separated lambdas, one quality level each, low to high "
+                        "(loss = bits/pixel + lambda * 255^2 * MSE)")
     p.add_argument("--sigma-max", type=float, default=50.0, help="denoise: max noise std (0-255)")
     p.add_argument("--channels", type=int, default=64)
-    p.add_argument("--latent-channels", type=int, default=48)
+    p.add_argument("--latent-channels", type=int, default=128)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--warmup", type=int, default=500, help="steps of linear learning-rate warm-up")
     p.add_argument("--max-failures", type=int, default=3,
                    help="worker failures survived by restoring the latest checkpoint")
     p.add_argument("--no-ray", action="store_true", help="plain PyTorch loop (machines without Ray)")
@@ -77,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compress", help="images -> latents Parquet")
     _job_flags(p, "codec folder URI or shipped name (default: codec-default)")
+    p.add_argument("--quality", type=int, default=codec.DEFAULT_QUALITY,
+                   help="the codec's quality level, 1 (smallest) .. its number of levels "
+                        f"(default {codec.DEFAULT_QUALITY})")
+    p.add_argument("--target-bpp", type=float, default=0.0,
+                   help="per image, the highest level whose stored size is at most this many bits per pixel "
+                        "(overrides --quality)")
 
     p = sub.add_parser("decompress", help="latents Parquet -> PNG images")
     _job_flags(p, "codec to decode with (default: found from each row's fingerprint among shipped models)")
@@ -100,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo images a previous run already wrote")
     _endpoint_flag(p)
 
-    p = sub.add_parser("eval", help="compress/decompress round trip on an image URI: bpp and PSNR per image")
+    p = sub.add_parser("eval", help="codec rate-distortion on an image URI vs JPEG and WebP: JSON + RD curves")
     p.add_argument("--input", required=True)
     p.add_argument("--output", required=True, help="work folder for latents, decoded images and eval.json")
     p.add_argument("--model", default="")
@@ -130,9 +140,9 @@ def run(args: argparse.Namespace) -> int:
             task=args.task, data=args.data, out=args.out, storage=args.storage, name=args.name,
             workers=args.workers, use_gpu=args.gpu, epochs=args.epochs, batch_size=args.batch_size,
             crop=args.crop, crops_per_image=args.crops_per_image, lr=args.lr, seed=args.seed, init=args.init,
-            rate_weight=args.rate_weight, sigma_max=args.sigma_max, channels=args.channels,
+            lmbda=tuple(float(v) for v in args.lmbda.split(",")), sigma_max=args.sigma_max, channels=args.channels,
             latent_channels=args.latent_channels, width=args.width, no_ray=args.no_ray, threads=args.threads,
-            max_failures=args.max_failures)
+            warmup=args.warmup, max_failures=args.max_failures)
         print(json.dumps(train(cfg, storage.StorageOptions(endpoint_url=args.endpoint_url))))
         return 0
     if args.command == "demo":
@@ -145,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
 
         report = evaluate_codec(args.input, args.output, args.model,
                                 storage.StorageOptions(endpoint_url=args.endpoint_url))
-        print(json.dumps(report["mean"]))
+        mean = report["mean"]
+        print(json.dumps({k: v for k, v in mean.items() if k != "classic"}, indent=1))
+        print(f"per image: {args.output.rstrip('/')}/eval.json; curves: rd-psnr.png, rd-msssim.png", file=sys.stderr)
         return 0
     if args.command == "generate":
         job = pipeline.JobConfig(input="", output=args.output, model=args.model, batch_size=args.batch_size,
@@ -155,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         _print_summary(pipeline.generate(job))
         return 0
     if args.command == "compress":
-        summary = pipeline.compress(_job(args))
+        summary = pipeline.compress(_job(args, quality=args.quality, target_bpp=args.target_bpp))
     elif args.command == "decompress":
         summary = pipeline.decompress(_job(args, format=args.format))
     else:

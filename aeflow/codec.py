@@ -1,96 +1,294 @@
-"""The bitstream: every byte needed to rebuild an image, given the model that wrote it. No Ray here.
+"""The bitstream: every byte needed to rebuild an image, given the model whose fingerprint it names.
+No Ray here.
 
-Layout (big-endian), format version 1:
-    magic  b"AEFL"            4 bytes
-    version                   u8   (FORMAT_VERSION)
-    coder                     u8   (CODER_ZLIB_INT8 | CODER_ZLIB_INT16)
-    reserved                  u16
-    width, height             u32, u32   original image size in pixels
-    channels, lat_h, lat_w    u16, u16, u16   latent grid shape
-    crc32 of payload          u32
-    payload                   the coder's bytes
-Version 1 codes the rounded latents losslessly with zlib; the learned entropy coder arrives as a new
-`coder` value behind the same header, so old rows keep decoding.
+Layout, format version 2 (big-endian header, then length-prefixed sections):
+    magic b"AEFL" 4 | version u8 | coder u8 | level u8 | flags u8 | width u32 | height u32
+    | latent channels, rows, cols u16 x3 | model fingerprint 8 bytes | crc32 u32
+    | mode: u8 length + ASCII (the input's Pillow mode, e.g. RGB, RGBA, I;16)
+    | aeflow version: u8 length + ASCII
+    | section latents: u32 length + range-coded 32-bit words (little-endian)
+    | section escapes: u32 length + int32 values outside their channel's table (little-endian)
+    | section alpha:   u32 length + zlib of the 8-bit alpha plane (flags bit 0), lossless
+    | section icc:     u32 length + the ICC profile bytes (flags bit 1)
+The crc32 covers every byte of the stream with its own field zeroed, so any flipped or missing byte
+is caught before decoding. Symbols are range coded (constriction) with the model's integer frequency
+tables, fixed when the model was exported: the decoder reproduces the encoder's symbols exactly on any
+machine and thread count.
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
+import constriction
 import numpy as np
 import torch
 
+import aeflow
+from aeflow.models.entropy import TABLE_BITS
+
 MAGIC = b"AEFL"
-FORMAT_VERSION = 1
-CODER_ZLIB_INT8 = 1
-CODER_ZLIB_INT16 = 2
-_HEADER = struct.Struct(">4sBBHIIHHHI")
-HEADER_SIZE = _HEADER.size
+FORMAT_VERSION = 2
+CODER_RANGE_FACTORIZED = 3
+DEFAULT_QUALITY = 4
+FLAG_ALPHA, FLAG_ICC = 1, 2
+_HEADER = struct.Struct(">4sBBBBIIHHH8sI")
+_CRC_OFFSET = _HEADER.size - 4
+TILE = 512  # pixels per tile side for images larger than TILE + 2 * MARGIN: bounded memory
+MARGIN = 64  # pixels of context on each side of a tile (beyond the transforms' receptive field)
 
 
 class BitstreamError(ValueError):
-    """A bitstream that cannot be decoded (truncated, corrupted, unknown version)."""
+    """A bitstream that cannot be decoded (truncated, corrupted, unknown version, wrong model)."""
 
 
-def pack(latents: np.ndarray, width: int, height: int) -> bytes:
-    """Rounded latents (C, h, w) -> bitstream bytes."""
-    q = np.round(latents).astype(np.int32)
-    if q.min(initial=0) >= -128 and q.max(initial=0) <= 127:
-        coder, raw = CODER_ZLIB_INT8, q.astype(np.int8).tobytes()
-    else:
-        coder, raw = CODER_ZLIB_INT16, np.clip(q, -32768, 32767).astype(">i2").tobytes()
-    payload = zlib.compress(raw, 9)
+@dataclass
+class Decoded:
+    """What a bitstream rebuilds: 8-bit RGB pixels, plus what the input carried beside them."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    alpha: np.ndarray | None  # (H, W) uint8, exact
+    icc: bytes | None
+    mode: str  # the input file's Pillow mode
+    level: int  # 1-based quality level
+
+
+# --- integer tables and their range-coder models -------------------------------------------------
+
+class Tables:
+    """A codec model's integer frequency tables, as constriction models, one per (level, channel)."""
+
+    def __init__(self, extra: dict[str, torch.Tensor]):
+        if "coder.lo" not in extra:
+            raise BitstreamError("this codec model has no entropy-coder tables (re-export it with aeflow train)")
+        self.lo = extra["coder.lo"].numpy().astype(np.int64)  # (levels, channels)
+        offsets = extra["coder.offsets"].numpy().astype(np.int64)
+        freqs = extra["coder.freqs"].numpy().astype(np.float64) / (1 << TABLE_BITS)
+        self.levels, self.channels = self.lo.shape
+        self._probs = [freqs[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+        self._models: dict[int, object] = {}
+
+    def size(self, level: int, channel: int) -> int:
+        """Symbols in the table, the escape symbol included."""
+        return len(self._probs[level * self.channels + channel])
+
+    def model(self, level: int, channel: int):
+        i = level * self.channels + channel
+        if i not in self._models:
+            self._models[i] = constriction.stream.model.Categorical(self._probs[i], perfect=False)
+        return self._models[i]
+
+
+_TABLES: dict[str, Tables] = {}
+
+
+def tables_of(loaded) -> Tables:
+    """The Tables of a modelstore.LoadedModel, built once per process."""
+    if loaded.fingerprint not in _TABLES:
+        _TABLES[loaded.fingerprint] = Tables(loaded.extra)
+    return _TABLES[loaded.fingerprint]
+
+
+# --- symbols <-> bytes ----------------------------------------------------------------------------
+
+def _section(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def pack(q: np.ndarray, level: int, tables: Tables, fingerprint: str, width: int, height: int,
+         mode: str = "RGB", alpha: np.ndarray | None = None, icc: bytes | None = None) -> bytes:
+    """Integer symbols (C, h, w) of quality level `level` (0-based) -> bitstream bytes."""
+    q = np.asarray(q, np.int64)
     c, h, w = q.shape
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, coder, 0, width, height, c, h, w, zlib.crc32(payload))
-    return header + payload
+    encoder = constriction.stream.queue.RangeEncoder()
+    escapes = []
+    for ch in range(c):
+        sym = q[ch].ravel() - tables.lo[level, ch]
+        esc = tables.size(level, ch) - 1
+        out = (sym < 0) | (sym >= esc)
+        if out.any():
+            escapes.append(q[ch].ravel()[out])
+            sym = np.where(out, esc, sym)
+        encoder.encode(sym.astype(np.int32), tables.model(level, ch))
+    words = encoder.get_compressed().astype("<u4").tobytes()
+    esc_bytes = np.concatenate(escapes).astype("<i4").tobytes() if escapes else b""
+    flags = (FLAG_ALPHA if alpha is not None else 0) | (FLAG_ICC if icc else 0)
+    alpha_bytes = zlib.compress(np.ascontiguousarray(alpha, np.uint8).tobytes(), 6) if alpha is not None else b""
+    fp = bytes.fromhex(fingerprint)
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, CODER_RANGE_FACTORIZED, level + 1, flags, width, height, c, h, w, fp, 0)
+    mode_b, version_b = mode.encode("ascii"), aeflow.__version__.encode("ascii")
+    body = (bytes([len(mode_b)]) + mode_b + bytes([len(version_b)]) + version_b
+            + _section(words) + _section(esc_bytes) + _section(alpha_bytes) + _section(icc or b""))
+    crc = zlib.crc32(head + body)
+    return head[:_CRC_OFFSET] + struct.pack(">I", crc) + body
 
 
 def read_header(data: bytes) -> dict:
-    if len(data) < HEADER_SIZE:
-        raise BitstreamError(f"truncated bitstream: {len(data)} bytes, header needs {HEADER_SIZE}")
-    magic, version, coder, _, width, height, c, h, w, crc = _HEADER.unpack_from(data)
+    """The fixed header and the variable fields, checked against the crc32."""
+    if len(data) < _HEADER.size:
+        raise BitstreamError(f"truncated bitstream: {len(data)} bytes, the header alone needs {_HEADER.size}")
+    magic, version, coder, level, flags, width, height, c, h, w, fp, crc = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise BitstreamError("not an aeflow bitstream (bad magic)")
     if version != FORMAT_VERSION:
         raise BitstreamError(
             f"bitstream format version {version} is not supported (this aeflow reads {FORMAT_VERSION})")
-    return {"coder": coder, "width": width, "height": height, "shape": (c, h, w), "crc32": crc}
-
-
-def unpack(data: bytes) -> tuple[np.ndarray, int, int]:
-    """Bitstream -> (latents float32 (C, h, w), width, height); raises BitstreamError."""
-    head = read_header(data)
-    payload = data[HEADER_SIZE:]
-    if zlib.crc32(payload) != head["crc32"]:
+    if zlib.crc32(data[:_CRC_OFFSET] + b"\0\0\0\0" + data[_HEADER.size:]) != crc:
         raise BitstreamError("checksum mismatch: the bitstream is corrupted or truncated")
+    if coder != CODER_RANGE_FACTORIZED:
+        raise BitstreamError(f"unknown coder id {coder}")
+    pos = _HEADER.size
+    fields = []
+    for _ in range(2):
+        n = data[pos]
+        fields.append(data[pos + 1:pos + 1 + n].decode("ascii"))
+        pos += 1 + n
+    sections = []
+    for _ in range(4):
+        (n,) = struct.unpack_from(">I", data, pos)
+        sections.append(data[pos + 4:pos + 4 + n])
+        pos += 4 + n
+    return {"coder": coder, "level": level, "crc32": crc, "flags": flags, "width": width, "height": height,
+            "shape": (c, h, w), "fingerprint": fp.hex(), "mode": fields[0], "aeflow_version": fields[1],
+            "sections": sections}
+
+
+def unpack(data: bytes, tables: Tables, fingerprint: str) -> tuple[np.ndarray, dict]:
+    """Bitstream -> (integer symbols (C, h, w), header); raises BitstreamError."""
     try:
-        raw = zlib.decompress(payload)
-    except zlib.error as e:
-        raise BitstreamError(f"payload does not decompress: {e}") from None
-    dtype = {CODER_ZLIB_INT8: np.int8, CODER_ZLIB_INT16: np.dtype(">i2")}.get(head["coder"])
-    if dtype is None:
-        raise BitstreamError(f"unknown coder id {head['coder']}")
-    shape = head["shape"]
-    if len(raw) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
-        raise BitstreamError(f"payload holds {len(raw)} bytes, latent grid {shape} needs more or fewer")
-    return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(np.float32), head["width"], head["height"]
+        head = read_header(data)
+    except (IndexError, struct.error, UnicodeDecodeError):
+        raise BitstreamError("malformed bitstream: its sections run past the end") from None
+    if head["fingerprint"] != fingerprint:
+        raise BitstreamError(f"bitstream was written by model {head['fingerprint']}, not {fingerprint}")
+    level = head["level"] - 1
+    c, h, w = head["shape"]
+    if not 0 <= level < tables.levels or c != tables.channels:
+        raise BitstreamError(f"level {level + 1} / {c} channels do not match the model")
+    words, esc_bytes = head["sections"][:2]
+    if len(words) % 4 or len(esc_bytes) % 4:
+        raise BitstreamError("malformed bitstream: section lengths are not whole 32-bit words")
+    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(words, "<u4").astype(np.uint32))
+    escapes = np.frombuffer(esc_bytes, "<i4")
+    q = np.empty((c, h * w), np.int64)
+    used = 0
+    for ch in range(c):
+        sym = decoder.decode(tables.model(level, ch), h * w).astype(np.int64)
+        out = sym == tables.size(level, ch) - 1
+        q[ch] = sym + tables.lo[level, ch]
+        n = int(out.sum())
+        if n:
+            if used + n > len(escapes):
+                raise BitstreamError("malformed bitstream: fewer escaped values than escape symbols")
+            q[ch, out] = escapes[used:used + n]
+            used += n
+    if used != len(escapes):
+        raise BitstreamError("malformed bitstream: escaped values left over")
+    return q.reshape(c, h, w), head
 
+
+# --- pixels <-> latents (tiled for bounded memory) --------------------------------------------------
+
+def _tiled(fn, x: torch.Tensor, scale: float, tile: int, margin: int) -> torch.Tensor:
+    """Apply a convolutional fn whose output is `scale` times its input's size tile by tile: each tile
+    gets `margin` input cells of context on every side, and only its centre is kept. The tile plan
+    depends on the size alone, so results are reproducible."""
+    h, w = x.shape[-2:]
+    if h <= tile + 2 * margin and w <= tile + 2 * margin:
+        return fn(x)
+    out = None
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
+            ya, xa = max(0, y0 - margin), max(0, x0 - margin)
+            yb, xb = min(h, y0 + tile + margin), min(w, x0 + tile + margin)
+            part = fn(x[..., ya:yb, xa:xb])
+            if out is None:
+                out = part.new_empty(*part.shape[:2], round(h * scale), round(w * scale))
+            ty, tx = round((y0 - ya) * scale), round((x0 - xa) * scale)
+            th, tw = round(min(tile, h - y0) * scale), round(min(tile, w - x0) * scale)
+            out[..., round(y0 * scale):round(y0 * scale) + th, round(x0 * scale):round(x0 * scale) + tw] = \
+                part[..., ty:ty + th, tx:tx + tw]
+    return out
+
+
+def analyse(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [0, 1] -> continuous latents, in tiles when large."""
+    stride = module.config.stride
+    from aeflow.models.layers import pad_to_multiple
+
+    x, _ = pad_to_multiple(x, stride)
+    return _tiled(module.encoder, x, 1 / stride, TILE, MARGIN)
+
+
+def synthesise(module: torch.nn.Module, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Latents -> images in [0, 1] (unclamped) cropped to size, in tiles when large."""
+    stride = module.config.stride
+    x = _tiled(module.decoder, y, stride, TILE // stride, MARGIN // stride)
+    return x[..., : size[0], : size[1]]
+
+
+# --- the public entry points --------------------------------------------------------------------
 
 @torch.inference_mode()
-def encode_images(model: torch.nn.Module, arrays: list[np.ndarray]) -> list[bytes]:
-    """Same-size uint8 HxWx3 images -> one bitstream each (one batched encoder call)."""
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
-    y = model.encode(x).numpy()
+def encode_images(loaded, arrays: list[np.ndarray], quality: int = 0, target_bpp: float = 0.0,
+                  modes: list[str] | None = None, alphas: list | None = None, iccs: list | None = None) -> list[bytes]:
+    """Same-size uint8 HxWx3 images -> one bitstream each, at `quality` (1-based level) or, with
+    target_bpp, at the highest level whose stored size is at most target_bpp (the lowest otherwise)."""
+    module, tables = loaded.module, tables_of(loaded)
+    device = next(module.parameters()).device
+    x = torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    y = analyse(module, x)
     h, w = arrays[0].shape[:2]
-    return [pack(yi, w, h) for yi in y]
+    n = len(arrays)
+    modes, alphas, iccs = modes or ["RGB"] * n, alphas or [None] * n, iccs or [None] * n
+
+    def stream(i: int, level: int) -> bytes:
+        q = module.quantize(y[i:i + 1], level)[0].cpu().numpy()
+        return pack(q, level, tables, loaded.fingerprint, w, h, modes[i], alphas[i], iccs[i])
+
+    out = []
+    for i in range(n):
+        if target_bpp > 0:
+            lo, hi, best = 0, tables.levels - 1, None
+            while lo <= hi:  # bits grow with the level: binary search for the last level that fits
+                mid = (lo + hi) // 2
+                bits = stream(i, mid)
+                if 8 * len(bits) <= target_bpp * w * h:
+                    best, lo = bits, mid + 1
+                else:
+                    hi = mid - 1
+            out.append(best if best is not None else stream(i, 0))
+        else:
+            out.append(stream(i, check_quality(quality, tables.levels) - 1))
+    return out
+
+
+def check_quality(quality: int, levels: int) -> int:
+    if not 1 <= quality <= levels:
+        raise ValueError(f"--quality {quality}: this codec has levels 1..{levels}")
+    return quality
 
 
 @torch.inference_mode()
-def decode_latents(model: torch.nn.Module, latents: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Latents (C, h, w) -> uint8 HxWx3 image."""
-    x = model.decode(torch.from_numpy(latents)[None], (height, width))[0]
-    return to_uint8(x)
+def decode_bitstream(loaded, data: bytes) -> Decoded:
+    """Bitstream -> pixels (and alpha, ICC) with the model that wrote it; raises BitstreamError."""
+    q, head = unpack(data, tables_of(loaded), loaded.fingerprint)
+    module = loaded.module
+    device = next(module.parameters()).device
+    level = head["level"] - 1
+    y = module.dequantize(torch.from_numpy(q).float()[None].to(device), level)
+    rgb = to_uint8(synthesise(module, y, (head["height"], head["width"]))[0].cpu())
+    alpha = None
+    if head["flags"] & FLAG_ALPHA:
+        try:
+            alpha = np.frombuffer(zlib.decompress(head["sections"][2]), np.uint8)
+            alpha = alpha.reshape(head["height"], head["width"])
+        except (zlib.error, ValueError):
+            raise BitstreamError("alpha section does not decompress to the image size") from None
+    icc = head["sections"][3] if head["flags"] & FLAG_ICC else None
+    return Decoded(rgb, alpha, icc, head["mode"], head["level"])
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -15,6 +15,7 @@ from safetensors.torch import save as save_safetensors
 
 from aeflow import storage
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig, ResidualUNet, ResidualUNetConfig
+from aeflow.models.entropy import export_tables
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 DEFAULT_CODEC = "codec-default"
@@ -57,8 +58,12 @@ def save_model(module: torch.nn.Module, out_uri: str, training: dict | None = No
     """Write fp16 weights (plus `extra` tensors under 'extra.' names) and config.json; returns the
     fingerprint. fp16 halves the shipped size; inference upcasts to fp32."""
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module.state_dict().items()}
-    for k, v in (extra or {}).items():
-        tensors[f"extra.{k}"] = v.detach().to("cpu", torch.float16).contiguous()
+    extra = dict(extra or {})
+    if module.config.kind == "codec":  # the coder's integer tables, fixed here once and for all
+        extra.update(export_tables(list(module.priors)))
+    for k, v in extra.items():
+        v = v.detach().cpu()
+        tensors[f"extra.{k}"] = (v if not v.is_floating_point() else v.to(torch.float16)).contiguous()
     weights = save_safetensors(tensors)
     model_config = dataclasses.asdict(module.config)
     fs, root = storage.filesystem(out_uri, options)
@@ -90,13 +95,21 @@ def _read(model: str, options: storage.StorageOptions) -> tuple[bytes, bytes, st
     return weights, config, model
 
 
+def load_state(model: str, options: storage.StorageOptions = storage.StorageOptions()) -> tuple[dict, dict]:
+    """(model config, fp32 weights) of a model without building it: for growing it into a new shape."""
+    weights, config_bytes, _ = _read(model, options)
+    tensors = load_safetensors(weights)
+    return json.loads(config_bytes)["model"], {k: v.float() for k, v in tensors.items() if not k.startswith("extra.")}
+
+
 def load_model(model: str, options: storage.StorageOptions = storage.StorageOptions()) -> LoadedModel:
     """Load a model by shipped name or folder URI. Only safetensors are read: nothing is unpickled."""
     weights, config_bytes, source = _read(model, options)
     meta = json.loads(config_bytes)
     model_config = meta["model"]
     tensors = load_safetensors(weights)
-    extra = {k[len("extra."):]: v.float() for k, v in tensors.items() if k.startswith("extra.")}
+    extra = {k[len("extra."):]: v.float() if v.is_floating_point() else v
+             for k, v in tensors.items() if k.startswith("extra.")}
     state = {k: v.float() for k, v in tensors.items() if not k.startswith("extra.")}
     module = build_module(model_config)
     module.load_state_dict(state)

@@ -32,10 +32,14 @@ LATENTS_SCHEMA = pa.schema([
     ("path", pa.string()),  # key relative to the input root
     ("width", pa.int32()),
     ("height", pa.int32()),
-    ("mode", pa.string()),  # the input file's Pillow mode (decoded outputs are RGB)
+    ("mode", pa.string()),  # the input file's Pillow mode (bit depth included: "I;16" is 16-bit)
+    ("has_alpha", pa.bool_()),  # alpha plane stored losslessly in the bitstream
+    ("has_icc", pa.bool_()),  # ICC profile stored in the bitstream
     ("model", pa.string()),  # fingerprint of the weights that wrote the bitstream
+    ("quality", pa.int16()),  # the codec's quality level used (1 = smallest)
     ("format_version", pa.int16()),
     ("aeflow_version", pa.string()),
+    ("crc32", pa.int64()),  # the bitstream's own crc32 field (it covers every other byte of it)
     ("bitstream", pa.binary()),  # header + payload: every byte needed to rebuild the image
     ("bytes", pa.int64()),
     ("bpp", pa.float64()),  # 8 * bytes / (width * height)
@@ -63,6 +67,8 @@ class JobConfig:
     threads: int = 0  # torch threads per actor; 0 = CPUs / actors
     format: str = "png"  # restore/decompress/generate output format
     task: str = "denoise"  # restore task
+    quality: int = codec.DEFAULT_QUALITY  # compress: the codec's quality level (1 = smallest)
+    target_bpp: float = 0.0  # compress: > 0 picks per image the highest level at most this many bits/pixel
     tile: int = 512  # restore: larger images run in overlapping tiles of this size (bounded memory)
     listing: str = ""  # a listing file of keys under `input` to use instead of listing the prefix
     count: int = 0  # generate: number of images
@@ -135,8 +141,8 @@ def _decode_batch(batch: dict, base: str, row_for) -> tuple[list[dict], list[tup
     for path, data in zip(batch["path"], batch["bytes"]):
         key = _relative(path, base)
         try:
-            arr, mode = images.decode_image(data)
-            row = row_for(key, arr, mode)
+            pic = images.decode_picture(data)
+            row = row_for(key, pic)
         except images.ImageError as e:
             rows.append(_error(key, "decode", e))
             continue
@@ -144,15 +150,15 @@ def _decode_batch(batch: dict, base: str, row_for) -> tuple[list[dict], list[tup
             rows.append(_error(key, "key", e))
             continue
         rows.append(row)
-        decoded.append((len(rows) - 1, arr))
+        decoded.append((len(rows) - 1, pic))
     return rows, decoded
 
 
-def _by_shape(items: list[tuple[int, np.ndarray]]) -> dict[tuple, list[tuple[int, np.ndarray]]]:
+def _by_shape(items: list[tuple[int, images.Picture]]) -> dict[tuple, list[tuple[int, images.Picture]]]:
     """Group decoded images by shape so each group is one batched model call (no padding waste)."""
-    groups: dict[tuple, list[tuple[int, np.ndarray]]] = {}
-    for i, arr in items:
-        groups.setdefault(arr.shape, []).append((i, arr))
+    groups: dict[tuple, list[tuple[int, images.Picture]]] = {}
+    for i, pic in items:
+        groups.setdefault(pic.rgb.shape, []).append((i, pic))
     return groups
 
 
@@ -171,24 +177,31 @@ class _ModelActor:
 class EncodeImages(_ModelActor):
     """bytes -> decode -> encoder -> bitstream rows (or error rows)."""
 
-    def __init__(self, model: str, options: storage.StorageOptions, threads: int, gpus: float, base: str):
+    def __init__(self, model: str, options: storage.StorageOptions, threads: int, gpus: float, base: str,
+                 quality: int, target_bpp: float):
         super().__init__(model, options, threads, gpus)
-        self.base = base
+        self.base, self.quality, self.target_bpp = base, quality, target_bpp
 
     def __call__(self, batch: dict) -> pa.Table:
-        rows, decoded = _decode_batch(batch, self.base, lambda key, arr, mode: {
-            "path": key, "width": arr.shape[1], "height": arr.shape[0], "mode": mode})
+        rows, decoded = _decode_batch(batch, self.base, lambda key, pic: {
+            "path": key, "width": pic.rgb.shape[1], "height": pic.rgb.shape[0], "mode": pic.mode,
+            "has_alpha": pic.alpha is not None, "has_icc": pic.icc is not None})
         fp = self.loaded.fingerprint
         for group in _by_shape(decoded).values():
+            pics = [p for _, p in group]
             try:
-                streams = codec.encode_images(self.loaded.module, [a for _, a in group])
+                streams = codec.encode_images(
+                    self.loaded, [p.rgb for p in pics], self.quality, self.target_bpp,
+                    modes=[p.mode for p in pics], alphas=[p.alpha for p in pics], iccs=[p.icc for p in pics])
             except Exception as e:  # a model failure loses only this group's images, as error rows
                 for i, _ in group:
                     rows[i] = _error(rows[i]["path"], "model", e)
                 continue
-            for (i, arr), bits in zip(group, streams):
-                h, w = arr.shape[:2]
-                rows[i].update(model=fp, format_version=codec.FORMAT_VERSION, aeflow_version=aeflow.__version__,
+            for (i, pic), bits in zip(group, streams):
+                h, w = pic.rgb.shape[:2]
+                head = codec.read_header(bits)
+                rows[i].update(model=fp, quality=head["level"], format_version=codec.FORMAT_VERSION,
+                               aeflow_version=aeflow.__version__, crc32=head["crc32"],
                                bitstream=bits, bytes=len(bits), bpp=8.0 * len(bits) / (w * h))
         return _rows_table(rows, _ENCODED_SCHEMA)
 
@@ -210,8 +223,10 @@ class _WriteImages(_ModelActor):
             raise ValueError(f"output {out} collides with another input of the same name; not overwritten")
         return out
 
-    def write(self, key: str, out: str, arr: np.ndarray) -> dict:
-        storage.write_bytes(self.out_fs, storage.join(self.out_root, out), images.encode_image(arr, self.fmt))
+    def write(self, key: str, out: str, arr: np.ndarray, alpha: np.ndarray | None = None,
+              icc: bytes | None = None) -> dict:
+        storage.write_bytes(self.out_fs, storage.join(self.out_root, out),
+                            images.encode_image(arr, self.fmt, alpha, icc))
         return {"path": key, "output": out, "width": arr.shape[1], "height": arr.shape[0]}
 
 
@@ -248,15 +263,15 @@ class DecodeLatents(_WriteImages):
                 rows.append(_error(key, "model", str(e)))
                 continue
             try:
-                latents, w, h = codec.unpack(r["bitstream"])
+                pic = codec.decode_bitstream(model, r["bitstream"])
+                h, w = pic.rgb.shape[:2]
                 if (w, h) != (r["width"], r["height"]):
                     raise codec.BitstreamError(f"header says {w}x{h}, row says {r['width']}x{r['height']}")
-                arr = codec.decode_latents(model.module, latents, w, h)
             except codec.BitstreamError as e:
                 rows.append(_error(key, "bitstream", e))
                 continue
             try:
-                rows.append(self.write(key, out, arr))
+                rows.append(self.write(key, out, pic.rgb, pic.alpha, pic.icc))
             except Exception as e:
                 rows.append(_error(key, "write", e))
         return _rows_table(rows, STATUS_SCHEMA)
@@ -271,19 +286,19 @@ class RestoreImages(_WriteImages):
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> pa.Table:
-        rows, decoded = _decode_batch(batch, self.base, lambda key, arr, mode: {
+        rows, decoded = _decode_batch(batch, self.base, lambda key, pic: {
             "path": key, "output": self.out_key(key)})
         for group in _by_shape(decoded).values():
             try:
-                x = torch.from_numpy(np.stack([a for _, a in group])).permute(0, 3, 1, 2).float().div_(255)
+                x = torch.from_numpy(np.stack([p.rgb for _, p in group])).permute(0, 3, 1, 2).float().div_(255)
                 y = tiled(self.loaded.module, x.to(self.device), tile=self.tile).cpu()
             except Exception as e:
                 for i, _ in group:
                     rows[i] = _error(rows[i]["path"], "model", e)
                 continue
-            for (i, _), yi in zip(group, y):
+            for (i, pic), yi in zip(group, y):
                 try:
-                    rows[i] = self.write(rows[i]["path"], rows[i]["output"], codec.to_uint8(yi))
+                    rows[i] = self.write(rows[i]["path"], rows[i]["output"], codec.to_uint8(yi), pic.alpha, pic.icc)
                 except Exception as e:
                     rows[i] = _error(rows[i]["path"], "write", e)
         return _rows_table(rows, STATUS_SCHEMA)
@@ -307,7 +322,7 @@ class GenerateImages(_WriteImages):
             g = torch.Generator().manual_seed(int(seed))
             z = torch.randn(extra["prior_basis"].shape[0], generator=g)
             y = (extra["prior_mean"] + z @ extra["prior_basis"]).view(1, *shape)
-            arr = codec.to_uint8(self.loaded.module.decode(torch.round(y), (size, size))[0])
+            arr = codec.to_uint8(self.loaded.module.decode(y, (size, size))[0])
             try:
                 rows.append(self.write(key, self.out_key(key), arr))
             except Exception as e:
@@ -554,14 +569,19 @@ def compress(job: JobConfig) -> JobSummary:
     loaded = modelstore.load_model(model, job.storage)  # fail fast on a bad --model, on the driver
     if loaded.kind != "codec":
         raise ValueError(f"--model {model}: a {loaded.kind} model, compress needs a codec")
-    plan = _plan("compress", job, identity, skipped, f"{loaded.fingerprint}/format{codec.FORMAT_VERSION}",
+    levels = len(loaded.config["lambdas"])
+    if job.target_bpp <= 0:
+        codec.check_quality(job.quality, levels)
+    rate = f"bpp{job.target_bpp:g}" if job.target_bpp > 0 else f"q{job.quality}"
+    plan = _plan("compress", job, identity, skipped, f"{loaded.fingerprint}/format{codec.FORMAT_VERSION}/{rate}",
                  [loaded.fingerprint])
     ds = None
     if plan.todo:
         _init_ray()
         opts, threads = _pool(job)
         ds = _read_images(fs, base, plan.todo).map_batches(
-            EncodeImages, fn_constructor_args=(model, job.storage, threads, job.gpus, base),
+            EncodeImages, fn_constructor_args=(model, job.storage, threads, job.gpus, base, job.quality,
+                                               job.target_bpp),
             batch_size=job.batch_size, batch_format="numpy", **opts)
     return _drain(plan, ds, t0)
 

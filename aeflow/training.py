@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from aeflow import degrade, images, modelstore, storage
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig, ResidualUNet, ResidualUNetConfig
+from aeflow.models.autoencoder import DEFAULT_LAMBDAS
 
 TASKS = ("codec", "denoise")
 
@@ -46,14 +47,18 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     init: str = ""  # model (URI or shipped name) to start from
-    rate_weight: float = 0.01  # codec: weight of the L1 latent-magnitude rate proxy
+    lmbda: tuple[float, ...] = DEFAULT_LAMBDAS  # codec: one quality level per lambda (bits + lambda*255^2*MSE)
     sigma_max: float = 50.0  # denoise: noise std drawn uniformly in [0, sigma_max] (0-255 scale)
     channels: int = 64  # codec width
-    latent_channels: int = 48
+    latent_channels: int = 128
     width: int = 32  # restorer width
+    warmup: int = 500  # steps of linear lr warm-up (grown or fresh weights take large first Adam steps)
     max_failures: int = 3  # Ray Train: worker failures survived by restoring the latest checkpoint
     no_ray: bool = False
     threads: int = 0  # torch threads per worker; 0 = from the CPUs given to it
+
+    def __post_init__(self):
+        object.__setattr__(self, "lmbda", tuple(float(v) for v in self.lmbda))
 
     def storage_uri(self) -> str:
         return self.storage or self.out.rstrip("/") + "-checkpoints"
@@ -61,32 +66,75 @@ class TrainConfig:
 
 def new_model(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.task == "codec":
-        return ConvAutoencoder(ConvAutoencoderConfig(channels=cfg.channels, latent_channels=cfg.latent_channels))
+        return ConvAutoencoder(ConvAutoencoderConfig(channels=cfg.channels, latent_channels=cfg.latent_channels,
+                                                     lambdas=cfg.lmbda))
     if cfg.task == "denoise":
         return ResidualUNet(ResidualUNetConfig(task="denoise", width=cfg.width))
     raise ValueError(f"unknown task {cfg.task!r}: one of {', '.join(TASKS)}")
 
 
 def initial_model(cfg: TrainConfig) -> torch.nn.Module:
-    """A fresh model, or the --init model (whose shape then wins over the shape flags)."""
-    if cfg.init:
-        loaded = modelstore.load_model(cfg.init)
-        return loaded.module
-    return new_model(cfg)
+    """A fresh model, or the --init model. A codec whose latent channels or levels differ from the
+    flags is grown into the new shape: matching weights are copied, added latent channels start with
+    zero decoder weights, so the grown model first reproduces the old one's pixels."""
+    if not cfg.init:
+        return new_model(cfg)
+    config, state = modelstore.load_state(cfg.init)
+    saved = modelstore.build_module(config)
+    if cfg.task != "codec" or saved.config == new_model(cfg).config:
+        saved.load_state_dict(state)
+        return saved
+    model = new_model(cfg)
+    grow_into(model, state)
+    return model
+
+
+@torch.no_grad()
+def grow_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy each tensor of `state` into the overlapping slice of the same-named parameter."""
+    own = model.state_dict()
+    for name, value in state.items():
+        if name not in own or own[name].dim() != value.dim():
+            continue
+        target = own[name]
+        if name == "decoder.0.weight" and target.shape != value.shape:
+            target.zero_()
+        region = tuple(slice(0, min(a, b)) for a, b in zip(target.shape, value.shape))
+        target[region] = value[region]
 
 
 def compute_loss(cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """x: clean crops (B, 3, H, W) in [0, 1] -> (loss, metrics)."""
     if cfg.task == "codec":
-        x_hat, y = model(x)
-        mse = F.mse_loss(x_hat, x)
-        loss = mse + cfg.rate_weight * y.abs().mean()
+        bare = model.module if hasattr(model, "module") else model
+        levels = torch.randint(0, bare.levels, (x.shape[0],), device=x.device)
+        x_hat, bits = model(x, levels)
+        per_image = (x_hat - x).pow(2).mean(dim=(1, 2, 3))
+        lmbda = torch.tensor(bare.config.lambdas, device=x.device)[levels]
+        bpp = bits / (x.shape[-1] * x.shape[-2])
+        loss = (bpp + lmbda * 255**2 * per_image).mean()
+        return loss, {"mse": per_image.mean().detach(), "bpp": bpp.mean().detach()}
     else:
         sigma = torch.rand(x.shape[0], device=x.device) * cfg.sigma_max
         out = model(degrade.gaussian_noise(x, sigma))
         mse = F.mse_loss(out, x)
         loss = mse
     return loss, {"mse": mse.detach()}
+
+
+FAST_PARAMS = ("priors.", "log_gain", "log_inv_gain")  # small densities and gains: 10x the lr
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam; the entropy model's densities and the level gains learn 10x faster than the transforms,
+    so the rate term tracks the latents within a short (CPU) run."""
+    fast, slow = [], []
+    for name, p in model.named_parameters():
+        (fast if name.startswith(FAST_PARAMS) else slow).append(p)
+    groups = [{"params": slow, "lr_scale": 1.0}]
+    if fast:
+        groups.append({"params": fast, "lr_scale": 10.0})
+    return torch.optim.Adam(groups, lr=cfg.lr)
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -101,6 +149,7 @@ def train_epoch(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim
     model.train()
     total = torch.zeros((), device=device)
     total_mse = torch.zeros((), device=device)
+    total_bpp = torch.zeros((), device=device)
     n = 0
     for batch in batches:
         x = batch.to(device).permute(0, 3, 1, 2).float().div_(255.0)
@@ -108,13 +157,19 @@ def train_epoch(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in optimizer.param_groups:
+            group["lr"] = group["base_lr"] * min(1.0, (step + 1) / max(1, cfg.warmup))
         optimizer.step()
         total += loss.detach()
         total_mse += metrics["mse"]
+        total_bpp += metrics.get("bpp", 0.0)
         n += 1
         step += 1
     mse = (total_mse / max(n, 1)).item()
-    return step, {"loss": (total / max(n, 1)).item(), "psnr": 10 * math.log10(1 / max(mse, 1e-10)), "batches": n}
+    out = {"loss": (total / max(n, 1)).item(), "psnr": 10 * math.log10(1 / max(mse, 1e-10)), "batches": n}
+    if cfg.task == "codec":  # mean over the levels drawn: a progress signal, not a level's figure
+        out["bpp"] = (total_bpp / max(n, 1)).item()
+    return step, out
 
 
 # --- checkpoints: safetensors for weights, weights_only torch.load for the optimizer -------------
@@ -219,7 +274,7 @@ def _ray_worker(config: dict) -> None:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + rank)
     model = initial_model(cfg)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(cfg, model)
     start_epoch, step = 0, 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -231,7 +286,7 @@ def _ray_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
+            group["base_lr"] = lr_at(cfg, epoch) * group["lr_scale"]
         batches = (b["crop"] for b in shard.iter_torch_batches(
             batch_size=cfg.batch_size, drop_last=True, local_shuffle_buffer_size=8 * cfg.batch_size))
         step, metrics = train_epoch(cfg, model, optimizer, batches, step, device)
@@ -289,7 +344,7 @@ def _train_plain(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[tor
     photos = load_photos(cfg.data, options)
     torch.manual_seed(cfg.seed)
     model = initial_model(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(cfg, model)
     ckpt_fs, ckpt_root = storage.filesystem(cfg.storage_uri(), options)
     ckpt_dir = storage.join(storage.join(ckpt_root, cfg.name), "plain-checkpoint")
     start_epoch, step = 0, 0
@@ -303,7 +358,7 @@ def _train_plain(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[tor
     metrics: dict = {}
     for epoch in range(start_epoch, cfg.epochs):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
+            group["base_lr"] = lr_at(cfg, epoch) * group["lr_scale"]
         rng = np.random.default_rng([cfg.seed, epoch])
 
         def batches(rng: np.random.Generator):

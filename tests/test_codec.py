@@ -1,69 +1,130 @@
 import numpy as np
 import pytest
+import torch
 
-from aeflow import codec, modelstore
-from tests.conftest import CODEC_PSNR_FLOOR, psnr
-
-
-def test_pack_unpack_is_lossless_for_rounded_latents():
-    rng = np.random.default_rng(0)
-    y = rng.normal(0, 5, (48, 3, 4)).astype(np.float32)
-    bits = codec.pack(y, 61, 45)
-    back, w, h = codec.unpack(bits)
-    assert (w, h) == (61, 45)
-    np.testing.assert_array_equal(back, np.round(y))
+from aeflow import codec, metrics, modelstore
+from tests.conftest import CODEC_PSNR_FLOOR
 
 
-def test_large_latents_use_16_bit_coder():
-    y = np.array([[[300.0, -1000.0]]], dtype=np.float32)
-    assert codec.read_header(codec.pack(y, 32, 16))["coder"] == codec.CODER_ZLIB_INT16
-    np.testing.assert_array_equal(codec.unpack(codec.pack(y, 32, 16))[0], y)
+@pytest.fixture(scope="module")
+def model():
+    return modelstore.load_model(modelstore.DEFAULT_CODEC)
 
 
-def test_truncated_bitstream_is_a_clear_error():
-    bits = codec.pack(np.zeros((4, 2, 2), np.float32), 30, 30)
+def _symbols(model, level: int, seed: int = 0) -> np.ndarray:
+    """Symbols drawn inside each channel's table, plus a few far outside it (escapes)."""
+    tables = codec.tables_of(model)
+    rng = np.random.default_rng(seed)
+    q = np.stack([tables.lo[level, c] + rng.integers(0, tables.size(level, c) - 1, (5, 7))
+                  for c in range(tables.channels)])
+    q[0, 0, 0], q[3, 2, 1], q[-1, 4, 6] = 10_000, -7_777, tables.lo[level, -1] - 1
+    return q
+
+
+def test_pack_unpack_is_lossless_including_escaped_values(model):
+    tables = codec.tables_of(model)
+    for level in (0, tables.levels - 1):
+        q = _symbols(model, level, seed=level)
+        bits = codec.pack(q, level, tables, model.fingerprint, 100, 70)
+        back, head = codec.unpack(bits, tables, model.fingerprint)
+        np.testing.assert_array_equal(back, q)
+        assert (head["width"], head["height"], head["level"]) == (100, 70, level + 1)
+        assert head["fingerprint"] == model.fingerprint and head["mode"] == "RGB"
+
+
+def test_truncated_or_flipped_bitstream_is_a_clear_error(model, photos):
+    bits = codec.encode_images(model, [photos["chelsea"]], quality=3)[0]
     with pytest.raises(codec.BitstreamError, match="truncated"):
-        codec.unpack(bits[:10])
+        codec.decode_bitstream(model, bits[:10])
     with pytest.raises(codec.BitstreamError, match="checksum"):
-        codec.unpack(bits[:-3])
+        codec.decode_bitstream(model, bits[:-3])
+    for pos in (8, 40, len(bits) // 2, len(bits) - 1):  # header field, mode, payload, last byte
+        flipped = bytearray(bits)
+        flipped[pos] ^= 0x04
+        with pytest.raises(codec.BitstreamError, match="checksum"):
+            codec.decode_bitstream(model, bytes(flipped))
 
 
-def test_flipped_bit_is_caught_by_checksum():
-    bits = bytearray(codec.pack(np.ones((4, 2, 2), np.float32), 30, 30))
-    bits[-2] ^= 0x10
-    with pytest.raises(codec.BitstreamError, match="checksum"):
-        codec.unpack(bytes(bits))
-
-
-def test_wrong_magic_and_version_refused():
-    bits = codec.pack(np.zeros((4, 2, 2), np.float32), 30, 30)
+def test_wrong_magic_version_and_model_refused(model, photos):
+    bits = codec.encode_images(model, [photos["chelsea"]], quality=1)[0]
     with pytest.raises(codec.BitstreamError, match="magic"):
-        codec.unpack(b"XXXX" + bits[4:])
+        codec.decode_bitstream(model, b"XXXX" + bits[4:])
     with pytest.raises(codec.BitstreamError, match="version 9"):
-        codec.unpack(bits[:4] + bytes([9]) + bits[5:])
+        codec.decode_bitstream(model, bits[:4] + bytes([9]) + bits[5:])
+    other = modelstore.LoadedModel(model.module, "codec", model.config, "0123456789abcdef", "other",
+                                   model.extra, model.meta)
+    with pytest.raises(codec.BitstreamError, match=f"written by model {model.fingerprint}"):
+        codec.decode_bitstream(other, bits)
 
 
-def test_shipped_codec_round_trip_beats_a_broken_model(photos):
-    """The shipped weights reconstruct real, unseen photos far better than an untrained net would."""
-    model = modelstore.load_model(modelstore.DEFAULT_CODEC)
-    for arr in photos.values():
-        bits = codec.encode_images(model.module, [arr])[0]
-        latents, w, h = codec.unpack(bits)
-        out = codec.decode_latents(model.module, latents, w, h)
-        assert out.shape == arr.shape
-        assert psnr(arr, out) > CODEC_PSNR_FLOOR
-        assert 8 * len(bits) / (w * h) < 2.0
+def test_quality_levels_trade_bytes_for_fidelity_on_unseen_photos(model, photos):
+    """Every level reconstructs real photos the model never saw; more bits buy more PSNR."""
+    levels = len(model.config["lambdas"])
+    assert levels >= 4
+    for name, arr in photos.items():
+        h, w = arr.shape[:2]
+        sizes, scores = [], []
+        for q in range(1, levels + 1):
+            bits = codec.encode_images(model, [arr], quality=q)[0]
+            out = codec.decode_bitstream(model, bits)
+            assert out.rgb.shape == arr.shape and out.level == q
+            sizes.append(metrics.bpp(len(bits), w, h))
+            scores.append(metrics.psnr(arr, out.rgb))
+        assert scores[0] > CODEC_PSNR_FLOOR, name
+        assert sizes == sorted(sizes) and scores[-1] > scores[0] + 3, (name, sizes, scores)
 
 
-def test_decoding_is_deterministic_across_thread_counts(photos):
-    import torch
+def test_quality_out_of_range_is_refused(model, photos):
+    with pytest.raises(ValueError, match="levels 1.."):
+        codec.encode_images(model, [photos["chelsea"]], quality=99)
 
-    model = modelstore.load_model(modelstore.DEFAULT_CODEC)
+
+def test_target_bpp_picks_the_highest_level_that_fits(model, photos):
+    arr = photos["coffee"]
+    h, w = arr.shape[:2]
+    per_level = [len(codec.encode_images(model, [arr], quality=q)[0]) for q in (1, 2, 3, 4, 5)]
+    target = (8 * per_level[2] + 8 * per_level[3]) / 2 / (w * h)  # between levels 3 and 4
+    bits = codec.encode_images(model, [arr], target_bpp=target)[0]
+    assert codec.read_header(bits)["level"] == 3 and len(bits) == per_level[2]
+    tiny = codec.encode_images(model, [arr], target_bpp=0.001)[0]  # nothing fits: the smallest level
+    assert codec.read_header(tiny)["level"] == 1
+
+
+def test_decoding_is_identical_across_runs_and_thread_counts(model, photos):
     arr = photos["astronaut"]
-    bits = codec.encode_images(model.module, [arr])[0]
-    latents, w, h = codec.unpack(bits)
+    bits = codec.encode_images(model, [arr], quality=4)[0]
+    assert codec.encode_images(model, [arr], quality=4)[0] == bits
+    before = torch.get_num_threads()
     outs = []
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        outs.append(codec.decode_latents(model.module, latents, w, h))
+    try:
+        for threads in (1, 2, 1):
+            torch.set_num_threads(threads)
+            outs.append(codec.decode_bitstream(model, bits).rgb)
+    finally:
+        torch.set_num_threads(before)
     np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_large_images_code_in_tiles_without_losing_quality(model, photos, monkeypatch):
+    """Above TILE + 2 * MARGIN pixels the transforms run tile by tile (bounded memory); the result
+    stays as good as coding the whole image at once."""
+    arr = np.concatenate([photos["coffee"], photos["coffee"][:, ::-1]], axis=1)[:, :1100]  # 400 x 1100
+    tiled = codec.encode_images(model, [arr], quality=5)[0]
+    tiled_out = codec.decode_bitstream(model, tiled).rgb
+    monkeypatch.setattr(codec, "TILE", 4096)
+    whole = codec.encode_images(model, [arr], quality=5)[0]
+    whole_out = codec.decode_bitstream(model, whole).rgb
+    assert abs(metrics.psnr(arr, tiled_out) - metrics.psnr(arr, whole_out)) < 0.05
+    assert abs(len(tiled) - len(whole)) < 0.01 * len(whole)
+
+
+def test_alpha_and_icc_survive_the_bitstream(model, photos):
+    arr = photos["chelsea"]
+    h, w = arr.shape[:2]
+    alpha = (np.arange(h * w) % 256).astype(np.uint8).reshape(h, w)
+    icc = b"fake-icc-profile-bytes" * 10
+    bits = codec.encode_images(model, [arr], quality=2, modes=["RGBA"], alphas=[alpha], iccs=[icc])[0]
+    out = codec.decode_bitstream(model, bits)
+    np.testing.assert_array_equal(out.alpha, alpha)
+    assert out.icc == icc and out.mode == "RGBA"

@@ -114,13 +114,20 @@ def test_eval_with_a_trained_model_of_ones_own(ray_local, tmp_path, photos):
     src = tmp_path / "in"
     for name, arr in photos.items():
         _write(src, f"{name}.png", arr)
-    fp = save_model(ConvAutoencoder(), str(tmp_path / "mine"))
+    from aeflow.models import ConvAutoencoderConfig
+
+    fp = save_model(ConvAutoencoder(ConvAutoencoderConfig(lambdas=(0.01, 0.02, 0.04, 0.08))), str(tmp_path / "mine"))
     args = ["eval", "--input", str(src), "--output", str(tmp_path / "ev"), "--model", str(tmp_path / "mine")]
     assert cli.main(args) == 0
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
-    assert report["model"] == [fp] and report["mean"]["images"] == 3
-    for row in report["images"]:
-        assert row["bpp"] > 0 and row["jpeg_bpp"] > 0 and row["webp_psnr"] > 0
+    assert report["model"]["fingerprint"] == fp and report["images"] == 3
+    for row in report["per_image"]:
+        assert [lv["quality"] for lv in row["levels"]] == [1, 2, 3, 4]
+        assert all(lv["bpp"] > 0 and 0 < lv["ms_ssim"] <= 1 for lv in row["levels"])
+        assert len(row["classic"]["JPEG"]) == len(row["classic"]["WEBP"]) > 10
+    assert len(report["mean"]["levels"]) == 4 and report["mean"]["decode_s_per_megapixel"] > 0
+    for png in ("rd-psnr.png", "rd-msssim.png"):
+        assert Image.open(tmp_path / "ev" / png).size == (720, 480)
 
 
 def test_restore_runs_large_images_in_tiles(ray_local, tmp_path):

@@ -1,13 +1,24 @@
-"""The codec autoencoder: conv encoder -> latent grid -> transposed-conv decoder."""
+"""The codec: GDN analysis transform -> latent grid -> per-level gain -> integer symbols under a
+factorized prior -> inverse gain -> GDN synthesis transform.
+
+One model serves every quality level (Cui et al., CVPR 2021, "asymmetric gained" variable rate): level
+l scales the latents by a learned per-channel gain before rounding (finer steps = more bits) and
+undoes it with a learned inverse gain before decoding; each level has its own factorized prior.
+Training draws a level per crop and minimises bits + lambda_l * 255^2 * MSE.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from aeflow.models.entropy import FactorizedPrior
 from aeflow.models.layers import GDN, pad_to_multiple
+
+# CompressAI's lambdas for its MSE-trained quality levels 1..8 (loss = bits/pixel + lambda * 255^2 * MSE).
+DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
 
 
 @dataclass(frozen=True)
@@ -16,18 +27,22 @@ class ConvAutoencoderConfig:
 
     kind: str = "codec"
     channels: int = 64  # width of the hidden layers
-    latent_channels: int = 48  # channels of the latent grid (one value per 16x16 pixels each)
+    latent_channels: int = 128  # channels of the latent grid (one value per 16x16 pixels each)
     stride: int = 16  # total downsampling; fixed by the 4 stride-2 layers
+    lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)  # one quality level per lambda, low to high
+
+    def __post_init__(self):
+        object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
 
 
 class ConvAutoencoder(nn.Module):
-    """Balle-style analysis/synthesis transforms with GDN. `encode` returns continuous latents;
-    quantization (rounding) and lossless coding happen outside, in aeflow.codec."""
+    """`encode` gives continuous latents in the decoder's units; `quantize`/`dequantize` move them to
+    and from a level's integer symbols; `decode` maps latents back to pixels."""
 
     def __init__(self, config: ConvAutoencoderConfig = ConvAutoencoderConfig()):
         super().__init__()
         self.config = config
-        n, m = config.channels, config.latent_channels
+        n, m, levels = config.channels, config.latent_channels, len(config.lambdas)
 
         def down(cin: int, cout: int) -> nn.Conv2d:
             return nn.Conv2d(cin, cout, 5, stride=2, padding=2)
@@ -42,6 +57,15 @@ class ConvAutoencoder(nn.Module):
             up(m, n), GDN(n, inverse=True), up(n, n), GDN(n, inverse=True),
             up(n, n), GDN(n, inverse=True), up(n, 3),
         )
+        # Log-gains start spread over 8x so that the levels differ from the first step.
+        start = torch.linspace(-1.0, 2.0, levels).view(levels, 1).expand(levels, m) if levels > 1 else torch.zeros(1, m)
+        self.log_gain = nn.Parameter(start.clone())
+        self.log_inv_gain = nn.Parameter(-start.clone())
+        self.priors = nn.ModuleList(FactorizedPrior(m) for _ in range(levels))
+
+    @property
+    def levels(self) -> int:
+        return len(self.config.lambdas)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, 3, H, W) in [0, 1], any H, W -> latents (B, M, ceil(H/16), ceil(W/16))."""
@@ -55,8 +79,30 @@ class ConvAutoencoder(nn.Module):
             x = x[..., : size[0], : size[1]]
         return x
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass: uniform noise stands in for rounding so gradients flow (Balle 2017)."""
-        y = self.encode(x)
-        y_hat = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y)
-        return self.decode(y_hat, x.shape[-2:]), y
+    def _gain(self, params: torch.Tensor, level: int | torch.Tensor) -> torch.Tensor:
+        g = torch.exp(params[level])
+        return g.view(-1, g.shape[-1], 1, 1) if g.dim() == 2 else g.view(1, -1, 1, 1)
+
+    def quantize(self, y: torch.Tensor, level: int) -> torch.Tensor:
+        """Latents -> integer symbols of quality level `level` (0-based), as float tensor."""
+        return torch.round(y * self._gain(self.log_gain, level))
+
+    def dequantize(self, q: torch.Tensor, level: int) -> torch.Tensor:
+        return q * self._gain(self.log_inv_gain, level)
+
+    def forward(self, x: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pass for one level per image -> (reconstruction, bits per image).
+
+        Mixed quantization: the rate is measured on noisy latents (a differentiable stand-in for
+        rounding, Balle 2017) while the decoder sees rounded ones with a straight-through gradient,
+        so it trains on exactly what it will decode."""
+        y = self.encode(x) * self._gain(self.log_gain, levels)
+        noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        rounded = y + (torch.round(y) - y).detach()
+        x_hat = self.decode(rounded * self._gain(self.log_inv_gain, levels), x.shape[-2:])
+        bits = torch.zeros(x.shape[0], device=x.device)
+        for level in levels.unique().tolist():
+            idx = levels == level
+            lik = self.priors[level].likelihood(noisy[idx])
+            bits[idx] = -torch.log2(lik).sum(dim=(1, 2, 3))
+        return x_hat, bits
