@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fit a model with Ray Train (or plain PyTorch with --no-ray)")
-    p.add_argument("--task", default="codec", choices=["codec", "denoise"])
+    p.add_argument("--task", default="codec", choices=["codec", "denoise", "deblock", "deblur"])
     p.add_argument("--data", required=True, help="image URI to cut training crops from")
     p.add_argument("--out", required=True, help="model folder URI to write")
     p.add_argument("--storage", default="", help="checkpoint URI (default: <out>-checkpoints); re-runs resume")

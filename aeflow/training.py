@@ -26,7 +26,7 @@ from aeflow import degrade, images, modelstore, storage
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig, ResidualUNet, ResidualUNetConfig
 from aeflow.models.autoencoder import DEFAULT_LAMBDAS
 
-TASKS = ("codec", "denoise")
+TASKS = ("codec", *degrade.TASKS)
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def new_model(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.task == "codec":
         return ConvAutoencoder(ConvAutoencoderConfig(channels=cfg.channels, latent_channels=cfg.latent_channels,
                                                      lambdas=cfg.lmbda))
-    if cfg.task == "denoise":
-        return ResidualUNet(ResidualUNetConfig(task="denoise", width=cfg.width))
+    if cfg.task in degrade.TASKS:
+        return ResidualUNet(ResidualUNetConfig(task=cfg.task, width=cfg.width))
     raise ValueError(f"unknown task {cfg.task!r}: one of {', '.join(TASKS)}")
 
 
@@ -115,8 +115,7 @@ def compute_loss(cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> t
         loss = (bpp + lmbda * 255**2 * per_image).mean()
         return loss, {"mse": per_image.mean().detach(), "bpp": bpp.mean().detach()}
     else:
-        sigma = torch.rand(x.shape[0], device=x.device) * cfg.sigma_max
-        out = model(degrade.gaussian_noise(x, sigma))
+        out = model(degrade.sample(cfg.task, x, sigma_max=cfg.sigma_max))
         mse = F.mse_loss(out, x)
         loss = mse
     return loss, {"mse": mse.detach()}
@@ -282,7 +281,8 @@ def _ray_worker(config: dict) -> None:
             start_epoch, step = load_checkpoint(folder, model, optimizer)
         print(f"rank {rank}: resuming from checkpoint at epoch {start_epoch}, step {step}", flush=True)
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(model)
+    # Each step draws some quality levels; the priors of the others get no gradient that step.
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
     shard = ray.train.get_dataset_shard("train")
     for epoch in range(start_epoch, cfg.epochs):
         for group in optimizer.param_groups:

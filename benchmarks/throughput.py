@@ -80,21 +80,17 @@ class WorkerRSS:
 def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float:
     """Seconds for the model alone (with bitstream packing for compress, which the job also does)."""
     torch.set_num_threads(threads)
-    if task == "restore":
-        model = modelstore.load_model("denoise-default").module
-    else:
-        model = modelstore.load_model("codec-default").module
-    streams = codec.encode_images(model, arrays[:batch]) if task == "decompress" else None
-    latents = [codec.unpack(s)[0] for s in streams] if streams else None
+    loaded = modelstore.load_model("denoise-default" if task == "restore" else "codec-default")
+    model = loaded.module
+    streams = codec.encode_images(loaded, arrays[:batch]) if task == "decompress" else None
     t0 = time.time()
     for i in range(0, len(arrays), batch):
         group = arrays[i:i + batch]
         if task == "compress":
-            codec.encode_images(model, group)
+            codec.encode_images(loaded, group)
         elif task == "decompress":
-            h, w = group[0].shape[:2]
             for j in range(len(group)):
-                codec.decode_latents(model, latents[j % len(latents)], w, h)
+                codec.decode_bitstream(loaded, streams[j % len(streams)])
         else:
             x = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).float().div_(255)
             codec.to_uint8(model(x)[0])

@@ -6,9 +6,9 @@ from aeflow import cli
 def test_demo_prints_its_table_and_writes_every_output(ray_local, tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "mean" in out and "denoised" in out and "JPEG PSNR" in out
+    assert "mean" in out and "denoised" in out and "JPEG PSNR" in out and "WebP PSNR" in out
     mean = next(line for line in out.splitlines() if line.startswith("mean")).split()
-    bpp, psnr, _, _, noisy, denoised = (float(v) for v in mean[1:7])
+    bpp, psnr, _, _, _, _, noisy, denoised = (float(v) for v in mean[1:9])
     assert 0 < bpp < 1 and psnr > 20 and denoised > noisy + 5
     for folder in ("photos", "decompressed", "noisy", "denoised"):
         assert len(list((tmp_path / "demo" / folder).glob("*.png"))) == 5, folder

@@ -53,3 +53,23 @@ def test_checkpoints_and_model_on_s3(ray_local, s3, tmp_path, tiny_data):
     assert second["start_epoch"] == 1 and second["step"] > first["step"]
     assert s3.find("photos/ckpt/t"), "no checkpoint objects written to S3"
     assert modelstore.load_model("s3://photos/models/tiny").fingerprint == second["fingerprint"]
+
+
+def test_init_from_a_narrower_codec_grows_it_without_changing_its_output(tmp_path, photos):
+    """--init with more latent channels or levels than the saved codec: copied weights plus zero-weight
+    new channels, so training starts from the old model's pictures rather than from noise."""
+    import torch
+
+    from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig
+    from aeflow.training import initial_model
+
+    torch.manual_seed(0)
+    small = ConvAutoencoder(ConvAutoencoderConfig(channels=8, latent_channels=4, lambdas=(0.01, 0.02)))
+    modelstore.save_model(small, str(tmp_path / "small"))
+    small = modelstore.load_model(str(tmp_path / "small")).module  # the fp16-rounded weights it ships
+    grown = initial_model(TrainConfig(task="codec", init=str(tmp_path / "small"), channels=8, latent_channels=12,
+                                      lmbda=(0.01, 0.02, 0.04)))
+    assert grown.config.latent_channels == 12 and grown.levels == 3
+    x = torch.from_numpy(photos["chelsea"]).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(grown.decode(grown.encode(x)), small.decode(small.encode(x)))
