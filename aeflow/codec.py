@@ -232,7 +232,7 @@ def synthesise(module: torch.nn.Module, y: torch.Tensor, size: tuple[int, int]) 
 # --- the public entry points --------------------------------------------------------------------
 
 @torch.inference_mode()
-def encode_images(loaded, arrays: list[np.ndarray], quality: int = 0, target_bpp: float = 0.0,
+def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALITY, target_bpp: float = 0.0,
                   modes: list[str] | None = None, alphas: list | None = None, iccs: list | None = None) -> list[bytes]:
     """Same-size uint8 HxWx3 images -> one bitstream each, at `quality` (1-based level) or, with
     target_bpp, at the highest level whose stored size is at most target_bpp (the lowest otherwise)."""
@@ -293,4 +293,4 @@ def decode_bitstream(loaded, data: bytes) -> Decoded:
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounded."""
-    return x.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).contiguous().numpy()
+    return x.clamp(0, 1).mul_(255).round_().byte().permute(1, 2, 0).contiguous().numpy()
