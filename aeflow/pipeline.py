@@ -358,7 +358,8 @@ def _pool(job: JobConfig) -> tuple[dict, int]:
         size = job.concurrency or max(1, int(cpus) - 1)
         per_cpu = min(1.0, max(0.25, (cpus - 1) / size))
     threads = job.threads or max(1, int(cpus // size))
-    opts = {"compute": ray.data.ActorPoolStrategy(size=size), "num_cpus": per_cpu}
+    # SPREAD: on a cluster the model actors go to different nodes rather than filling the first one.
+    opts = {"compute": ray.data.ActorPoolStrategy(size=size), "num_cpus": per_cpu, "scheduling_strategy": "SPREAD"}
     if job.gpus > 0:
         opts["num_gpus"] = job.gpus
     return opts, threads

@@ -72,3 +72,22 @@ def test_ray_job_submit_compress(tmp_path, photos):
     finally:
         os.killpg(head.pid, signal.SIGKILL)
         head.wait(timeout=30)
+
+
+def test_two_node_cluster_spreads_model_actors_over_both_nodes(tmp_path, photos):
+    """ray.cluster_utils.Cluster with two nodes (own process, own temp dir): the compress job's
+    model actors run on both nodes and every image is written once."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        for name, arr in photos.items():
+            Image.fromarray(arr).save(src / f"{name}-{i}.png")
+    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "two_node_job.py"), str(src), str(tmp_path / "lat"),
+                           temp_dir], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["nodes"] == 2 and (result["written"], result["failed"]) == (9, 0)
+    assert len(result["actor_nodes"]) == 2, result
+    assert pq.read_table(tmp_path / "lat" / "latents-00000.parquet").num_rows == 9
