@@ -110,10 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="redo images a previous run already wrote")
     _endpoint_flag(p)
 
-    p = sub.add_parser("eval", help="codec rate-distortion on an image URI vs JPEG and WebP: JSON + RD curves")
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True, help="work folder for latents, decoded images and eval.json")
+    p = sub.add_parser("eval", help="codec rate-distortion vs JPEG/WebP, or restoration vs classical denoisers")
+    p.add_argument("--input", required=True, help="clean images (local path or s3://)")
+    p.add_argument("--output", required=True, help="folder for eval.json and its pictures")
     p.add_argument("--model", default="")
+    p.add_argument("--task", default="codec", choices=["codec", "denoise", "deblock", "deblur"])
+    p.add_argument("--level", type=float, default=0.0,
+                   help="degradation: noise sigma (denoise, default 25), JPEG quality (deblock, default 20), "
+                        "blur sigma in px (deblur, default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the degradations")
     _endpoint_flag(p)
 
     p = sub.add_parser("demo", help="the whole product on bundled real photos, with a results table")
@@ -149,6 +154,15 @@ def run(args: argparse.Namespace) -> int:
         from aeflow.demo import run_demo
 
         run_demo(args.out)
+        return 0
+    if args.command == "eval" and args.task != "codec":
+        from aeflow.evaluate_restore import evaluate_restorer
+
+        level = args.level or {"denoise": 25.0, "deblock": 20.0, "deblur": 2.0}[args.task]
+        report = evaluate_restorer(args.input, args.output, args.task, level, args.model, args.seed,
+                                   options=storage.StorageOptions(endpoint_url=args.endpoint_url))
+        print(json.dumps({"task": args.task, "level": level, "mean": report["mean"],
+                          "aeflow_seconds_per_megapixel": report["aeflow_seconds_per_megapixel"]}, indent=1))
         return 0
     if args.command == "eval":
         from aeflow.evaluate import evaluate_codec
