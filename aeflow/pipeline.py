@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 import aeflow
-from aeflow import codec, images, modelstore, storage
+from aeflow import codec, images, metrics, modelstore, storage
 from aeflow.tiling import tiled
 
 # Columns that let a re-run skip finished inputs: the input's size and tag (ETag or mtime) when it was
@@ -48,8 +48,10 @@ LATENTS_SCHEMA = pa.schema([
 _ENCODED_SCHEMA = pa.schema([f for f in LATENTS_SCHEMA if f.name not in dict(_LEDGER_FIELDS)])  # from actors
 STATUS_SCHEMA = pa.schema([
     ("path", pa.string()), ("output", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+    ("noise_sigma", pa.float64()),  # restore: blind estimate of the input's noise std (0-255), else null
 ])
-PROGRESS_SCHEMA = pa.schema([("path", pa.string()), ("output", pa.string()), *_LEDGER_FIELDS])
+PROGRESS_SCHEMA = pa.schema([("path", pa.string()), ("output", pa.string()), ("noise_sigma", pa.float64()),
+                             *_LEDGER_FIELDS])
 ERRORS_SCHEMA = pa.schema([("path", pa.string()), ("stage", pa.string()), ("error", pa.string())])
 ROWS_PER_FILE = 100_000
 
@@ -299,6 +301,7 @@ class RestoreImages(_WriteImages):
             for (i, pic), yi in zip(group, y):
                 try:
                     rows[i] = self.write(rows[i]["path"], rows[i]["output"], codec.to_uint8(yi), pic.alpha, pic.icc)
+                    rows[i]["noise_sigma"] = metrics.noise_sigma(pic.rgb)
                 except Exception as e:
                     rows[i] = _error(rows[i]["path"], "write", e)
         return _rows_table(rows, STATUS_SCHEMA)

@@ -80,6 +80,8 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     if not cfg.init:
         return new_model(cfg)
     config, state = modelstore.load_state(cfg.init)
+    if cfg.task != "codec":  # a restorer may start from another task's weights (same network)
+        config = {**config, "task": cfg.task}
     saved = modelstore.build_module(config)
     if cfg.task != "codec" or saved.config == new_model(cfg).config:
         saved.load_state_dict(state)

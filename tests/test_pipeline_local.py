@@ -88,6 +88,8 @@ def test_restore_denoises_and_records_collisions(ray_local, tmp_path, photos):
     assert summary.errors[0]["path"] == "astro.tif" and "collides" in summary.errors[0]["error"]
     out = images.decode_image((tmp_path / "out" / "astro.png").read_bytes())[0]
     assert psnr(clean, out) > psnr(clean, noisy) + 3.0
+    progress = pq.read_table(tmp_path / "out" / "_progress").to_pylist()
+    assert [r["path"] for r in progress] == ["astro.png"] and 20 < progress[0]["noise_sigma"] < 30  # sigma 25
 
 
 def test_generate_writes_distinct_images(ray_local, tmp_path):
