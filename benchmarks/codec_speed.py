@@ -51,9 +51,9 @@ def main() -> None:
             bits = codec.pack(q, level - 1, tables, loaded.fingerprint, arr.shape[1], arr.shape[0])
             out["coder_mpix_s_one_thread"][f"quality_{level}"] = {
                 "bpp": round(8 * len(bits) / (arr.shape[0] * arr.shape[1]), 4),
-                "pack": rate(lambda: codec.pack(q, level - 1, tables, loaded.fingerprint, arr.shape[1],
-                                                 arr.shape[0]), mp),
-                "unpack": rate(lambda: codec.unpack(bits, tables, loaded.fingerprint), mp)}
+                "pack": rate(lambda q=q, lv=level - 1: codec.pack(q, lv, tables, loaded.fingerprint, arr.shape[1],
+                                                                   arr.shape[0]), mp),
+                "unpack": rate(lambda bits=bits: codec.unpack(bits, tables, loaded.fingerprint), mp)}
     print(json.dumps(out, indent=1))
 
 
