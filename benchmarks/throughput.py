@@ -47,13 +47,15 @@ def photos(n: int, w: int, h: int) -> list[np.ndarray]:
 class WorkerRSS:
     """Samples the resident memory of Ray worker processes (and the peak) while a job runs."""
 
-    def __init__(self):
+    def __init__(self, total: bool = False):
         self.peak_kb = 0
+        self.total = total  # peak of the summed RSS of all workers, else of the largest one
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         while not self._stop.is_set():
+            sizes = []
             for d in Path("/proc").iterdir():
                 if not d.name.isdigit():
                     continue
@@ -62,9 +64,11 @@ class WorkerRSS:
                         continue
                     for line in (d / "status").read_text().splitlines():
                         if line.startswith("VmRSS:"):
-                            self.peak_kb = max(self.peak_kb, int(line.split()[1]))
+                            sizes.append(int(line.split()[1]))
                 except OSError:
                     pass
+            if sizes:
+                self.peak_kb = max(self.peak_kb, sum(sizes) if self.total else max(sizes))
             time.sleep(0.5)
 
     def __enter__(self):
