@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fit a model with Ray Train (or plain PyTorch with --no-ray)")
-    p.add_argument("--task", default="codec", choices=["codec", "denoise", "deblock", "deblur"])
+    p.add_argument("--task", default="codec", choices=["codec", "denoise", "deblock", "deblur", "inpaint"])
     p.add_argument("--data", required=True, help="image URI to cut training crops from")
     p.add_argument("--out", required=True, help="model folder URI to write")
     p.add_argument("--storage", default="", help="checkpoint URI (default: <out>-checkpoints); re-runs resume")
@@ -114,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, help="clean images (local path or s3://)")
     p.add_argument("--output", required=True, help="folder for eval.json and its pictures")
     p.add_argument("--model", default="")
-    p.add_argument("--task", default="codec", choices=["codec", "denoise", "deblock", "deblur"])
+    p.add_argument("--task", default="codec", choices=["codec", "denoise", "deblock", "deblur", "inpaint"])
     p.add_argument("--level", type=float, default=0.0,
                    help="degradation: noise sigma (denoise, default 25), JPEG quality (deblock, default 20), "
-                        "blur sigma in px (deblur, default 2)")
+                        "blur sigma in px (deblur, default 2), rectangles missing (inpaint, default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the degradations")
     _endpoint_flag(p)
 
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "eval" and args.task != "codec":
         from aeflow.evaluate_restore import evaluate_restorer
 
-        level = args.level or {"denoise": 25.0, "deblock": 20.0, "deblur": 2.0}[args.task]
+        level = args.level or {"denoise": 25.0, "deblock": 20.0, "deblur": 2.0, "inpaint": 4.0}[args.task]
         report = evaluate_restorer(args.input, args.output, args.task, level, args.model, args.seed,
                                    options=storage.StorageOptions(endpoint_url=args.endpoint_url))
         print(json.dumps({"task": args.task, "level": level, "mean": report["mean"],

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-TASKS = ("denoise", "deblock", "deblur")
+TASKS = ("denoise", "deblock", "deblur", "inpaint")
 
 
 def _per_image(value: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
@@ -117,24 +117,43 @@ def hole_mask(shape: tuple[int, int], n: int, generator: torch.Generator | None 
     return mask
 
 
-def sample(task: str, x: torch.Tensor, generator: torch.Generator | None = None, **limits: float) -> torch.Tensor:
+def with_holes(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The inpainting input: RGB with missing pixels (mask (B, 1, H, W), 1 = missing) set to grey,
+    and the mask as a fourth channel."""
+    return torch.cat([x * (1 - mask) + 0.5 * mask, mask], dim=1)
+
+
+def sample(task: str, x: torch.Tensor, generator: torch.Generator | None = None,
+           **limits: float) -> tuple[torch.Tensor, torch.Tensor]:
     """One random degradation per image for `task`, over the range its shipped restorer covers:
-    denoise: Gaussian sigma 0-sigma_max (half the images: Poisson-Gaussian sensor noise);
+    denoise: Gaussian sigma 0-sigma_max (half the images: Poisson-Gaussian sensor noise; a fifth of
+    them greyscale, with the same noise in all three channels, as a grey photo decodes);
     deblock: JPEG quality 10-60; deblur: Gaussian sigma 0.5-3 or motion length 3-15 px, then
-    sigma-2 noise and 8-bit rounding (a real blurry photo is never noise-free)."""
+    sigma-2 noise and 8-bit rounding (a real blurry photo is never noise-free); inpaint: 1-4 random
+    rectangles missing (the 4-channel input of `with_holes`). Returns (target, degraded): the target
+    is x, except for the images turned greyscale."""
     b = x.shape[0]
     u = torch.rand(b, 4, generator=generator)
     if task == "denoise":
+        grey = (u[:, 3] < 0.2).view(-1, 1, 1, 1).to(x.device)  # a fifth of them greyscale, noise alike in RGB
         sigma = u[:, 0] * limits.get("sigma_max", 50.0)
-        noisy = gaussian_noise(x, sigma, generator)
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        noise = torch.where(grey, noise[:, :1].expand_as(noise), noise)
+        x = torch.where(grey, x.mean(dim=1, keepdim=True).expand_as(x), x)
+        noisy = to_8bit(x + noise * _per_image(sigma, x) / 255.0)
         sensor = poisson_gaussian(x, 20 + 400 * u[:, 1], sigma / 4, generator)
-        pick = (u[:, 2] < 0.5).view(-1, 1, 1, 1).to(x.device)
-        return torch.where(pick, sensor, noisy)
+        pick = ((u[:, 2] < 0.5).view(-1, 1, 1, 1).to(x.device)) & ~grey
+        return x, torch.where(pick, sensor, noisy)
     if task == "deblock":
-        return jpeg(x, 10 + 50 * u[:, 0])
+        return x, jpeg(x, 10 + 50 * u[:, 0])
     if task == "deblur":
         gauss = gaussian_blur(x, 0.5 + 2.5 * u[:, 0])
         motion = motion_blur(x, 3 + 12 * u[:, 1], 180 * u[:, 2])
         pick = (u[:, 3] < 0.5).view(-1, 1, 1, 1).to(x.device)
-        return gaussian_noise(torch.where(pick, gauss, motion), 2.0, generator)
+        return x, gaussian_noise(torch.where(pick, gauss, motion), 2.0, generator)
+    if task == "inpaint":
+        h, w = x.shape[-2:]
+        counts = (1 + 4 * u[:, 0]).int().tolist()
+        masks = torch.stack([hole_mask((h, w), n, generator) for n in counts])[:, None].to(x.device, x.dtype)
+        return x, with_holes(x, masks)
     raise ValueError(f"unknown degradation task {task!r}: one of {', '.join(TASKS)}")

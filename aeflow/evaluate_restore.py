@@ -43,10 +43,18 @@ def degraded(task: str, arr: np.ndarray, level: float, seed: int) -> np.ndarray:
         return _u8(degrade.jpeg(x, level))
     if task == "deblur":
         return _u8(degrade.gaussian_noise(degrade.gaussian_blur(x, level), 2.0, g))
+    if task == "inpaint":
+        return _u8(degrade.with_holes(x, _holes(arr, level, seed))[:, :3])
     raise ValueError(f"eval --task {task}: one of codec, {', '.join(degrade.TASKS)}")
 
 
-def baselines(task: str, noisy: np.ndarray, level: float) -> dict[str, np.ndarray]:
+def _holes(arr: np.ndarray, level: float, seed: int) -> torch.Tensor:
+    """The fixed-seed missing region for inpaint eval: `level` random rectangles, (1, 1, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    return degrade.hole_mask(arr.shape[:2], int(level), g).float()[None, None]
+
+
+def baselines(task: str, noisy: np.ndarray, level: float, mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Classical restorations of one degraded image (8-bit RGB each)."""
     from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, denoise_wavelet, estimate_sigma
 
@@ -67,6 +75,10 @@ def baselines(task: str, noisy: np.ndarray, level: float) -> dict[str, np.ndarra
             pass
         else:
             out["cbm3d"] = bm3d.bm3d_rgb(x, max(sigma, 1e-3))
+    if task == "inpaint":
+        from skimage.restoration import inpaint_biharmonic
+
+        out["biharmonic"] = inpaint_biharmonic(x, mask, channel_axis=-1)
     if task == "deblur":
         from skimage.restoration import richardson_lucy
 
@@ -115,12 +127,16 @@ def evaluate_restorer(input_uri: str, work_uri: str, task: str, level: float, mo
     for i, key in enumerate(keys):
         clean = images.decode_picture(fs.cat_file(storage.join(base, key))).rgb
         bad = degraded(task, clean, level, seed + i)
+        mask = _holes(clean, level, seed + i) if task == "inpaint" else None
         t0 = time.perf_counter()
         with torch.inference_mode():
-            ours = _u8(tiled(loaded.module, _tensor(bad), tile=tile))
+            x = degrade.with_holes(_tensor(bad), mask) if mask is not None else _tensor(bad)
+            y = tiled(loaded.module, x, tile=tile)
+            ours = _u8(torch.where(mask > 0.5, y, x[:, :3]) if mask is not None else y)
         seconds["aeflow"] = seconds.get("aeflow", 0.0) + time.perf_counter() - t0
         outputs = {"degraded": bad, "aeflow": ours}
-        for method, arr in baselines(task, bad, level).items():
+        hole = mask[0, 0].numpy() > 0.5 if mask is not None else None
+        for method, arr in baselines(task, bad, level, hole).items():
             outputs[method] = arr
         row = {"path": key, "width": clean.shape[1], "height": clean.shape[0]}
         for method, arr in outputs.items():
@@ -128,7 +144,7 @@ def evaluate_restorer(input_uri: str, work_uri: str, task: str, level: float, mo
         per_image.append(row)
         pixels += clean.shape[0] * clean.shape[1] / 1e6
         best = max((m for m in outputs if m not in ("degraded", "aeflow")), key=lambda m: row[m]["psnr"], default=None)
-        crops = [("clean", clean), (task if task != "denoise" else f"sigma {level:g}", bad), ("aeflow", ours)]
+        crops = [("clean", clean), (f"sigma {level:g}" if task == "denoise" else task, bad), ("aeflow", ours)]
         if best:
             crops.append((best, outputs[best]))
         grid_rows.append((key, crops))

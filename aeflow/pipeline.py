@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import torch
 
 import aeflow
-from aeflow import codec, images, metrics, modelstore, storage
+from aeflow import codec, degrade, images, metrics, modelstore, storage
 from aeflow.tiling import tiled
 
 # Columns that let a re-run skip finished inputs: the input's size and tag (ETag or mtime) when it was
@@ -280,27 +280,61 @@ class DecodeLatents(_WriteImages):
 
 
 class RestoreImages(_WriteImages):
-    """bytes -> decode -> restorer -> image files."""
+    """bytes -> decode -> restorer -> image files. 16-bit greyscale inputs are restored from their 16
+    bits and written as 16-bit PNG; an inpainting model fills the input's transparent pixels."""
 
     def __init__(self, *args, base: str, tile: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.base, self.tile = base, tile
+        self.inpaint = self.loaded.config.get("in_channels", 3) == 4
+
+    def _input(self, pic: images.Picture) -> torch.Tensor:
+        """(C, H, W) model input in [0, 1]; for inpainting, RGB with the holes grey plus the mask."""
+        if pic.deep is not None:
+            x = torch.from_numpy(pic.deep.astype(np.float32) / 65535.0)[None].expand(3, -1, -1)
+        else:
+            x = torch.from_numpy(pic.rgb).permute(2, 0, 1).float().div_(255)
+        if self.inpaint:
+            if pic.alpha is None:
+                raise ValueError("inpainting needs the missing pixels marked transparent (an alpha channel); "
+                                 "this image has none")
+            mask = torch.from_numpy(pic.alpha < 128).float()[None]
+            x = degrade.with_holes(x[None], mask[None])[0]
+        return x
+
+    def _output(self, pic: images.Picture, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Restored pixels to write and the alpha to keep (none after inpainting: holes are filled)."""
+        if self.inpaint:
+            return codec.to_uint8(torch.where(x[3:] > 0.5, y, x[:3])), None
+        if pic.deep is not None:
+            grey = y.clamp(0, 1).mean(dim=0).mul(65535).round()
+            return grey.to(torch.int32).numpy().astype(np.uint16), pic.alpha
+        return codec.to_uint8(y), pic.alpha
 
     @torch.inference_mode()
     def __call__(self, batch: dict) -> pa.Table:
         rows, decoded = _decode_batch(batch, self.base, lambda key, pic: {
             "path": key, "output": self.out_key(key)})
         for group in _by_shape(decoded).values():
+            inputs = []
+            for i, pic in group:
+                try:
+                    inputs.append((i, pic, self._input(pic)))
+                except ValueError as e:
+                    rows[i] = _error(rows[i]["path"], "input", e)
+            if not inputs:
+                continue
             try:
-                x = torch.from_numpy(np.stack([p.rgb for _, p in group])).permute(0, 3, 1, 2).float().div_(255)
+                x = torch.stack([t for _, _, t in inputs])
                 y = tiled(self.loaded.module, x.to(self.device), tile=self.tile).cpu()
             except Exception as e:
-                for i, _ in group:
+                for i, _, _ in inputs:
                     rows[i] = _error(rows[i]["path"], "model", e)
                 continue
-            for (i, pic), yi in zip(group, y):
+            for (i, pic, xi), yi in zip(inputs, y):
                 try:
-                    rows[i] = self.write(rows[i]["path"], rows[i]["output"], codec.to_uint8(yi), pic.alpha, pic.icc)
+                    out, alpha = self._output(pic, xi, yi)
+                    rows[i] = self.write(rows[i]["path"], rows[i]["output"], out, alpha, pic.icc)
                     rows[i]["noise_sigma"] = metrics.noise_sigma(pic.rgb)
                 except Exception as e:
                     rows[i] = _error(rows[i]["path"], "write", e)

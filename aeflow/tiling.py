@@ -35,18 +35,20 @@ def _ramp(n: int, overlap: int, device: torch.device) -> torch.Tensor:
 @torch.inference_mode()
 def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = 512,
           overlap: int = 48, align: int = 4) -> torch.Tensor:
-    """Apply fn (N, C, h, w) -> (N, C, h, w) over x in overlapping tiles of at most tile x tile and
+    """Apply fn (N, C, h, w) -> (N, C', h, w) over x in overlapping tiles of at most tile x tile and
     blend them; an image that fits one tile is passed through whole (identical to fn(x))."""
     n, c, h, w = x.shape
     if h <= tile and w <= tile:
         return fn(x)
     step = max(1, tile - 2 * overlap)
-    out = torch.zeros((n, c, h, w), device=x.device, dtype=torch.float32)
+    out = None
     weight = torch.zeros((1, 1, h, w), device=x.device, dtype=torch.float32)
     for y0 in _starts(h, tile, step, align):
         for x0 in _starts(w, tile, step, align):
             y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
             patch = fn(x[..., y0:y1, x0:x1]).float()
+            if out is None:
+                out = torch.zeros((n, patch.shape[1], h, w), device=x.device, dtype=torch.float32)
             wy = _ramp(y1 - y0, overlap, x.device)
             wx = _ramp(x1 - x0, overlap, x.device)
             mask = (wy[:, None] * wx[None, :])[None, None]

@@ -17,11 +17,21 @@ def _u8(x):
 def test_same_seed_same_degradation_for_every_task(photos):
     x = _x(photos)
     for task in degrade.TASKS:
-        a = degrade.sample(task, x, torch.Generator().manual_seed(7))
-        b = degrade.sample(task, x, torch.Generator().manual_seed(7))
-        c = degrade.sample(task, x, torch.Generator().manual_seed(8))
+        ta, a = degrade.sample(task, x, torch.Generator().manual_seed(7))
+        tb, b = degrade.sample(task, x, torch.Generator().manual_seed(7))
+        _, c = degrade.sample(task, x, torch.Generator().manual_seed(8))
         torch.testing.assert_close(a, b)
-        assert a.shape == x.shape and not torch.equal(a, c), task
+        torch.testing.assert_close(ta, tb)
+        channels = 4 if task == "inpaint" else 3
+        assert ta.shape == x.shape and a.shape == (1, channels, *x.shape[-2:]) and not torch.equal(a, c), task
+
+
+def test_greyscale_denoise_crops_have_grey_targets_and_noise_alike_in_rgb(photos):
+    x = _x(photos).repeat(64, 1, 1, 1)
+    target, noisy = degrade.sample("denoise", x, torch.Generator().manual_seed(0))
+    grey = (target[:, 0] == target[:, 1]).flatten(1).all(dim=1) & (target[:, 1] == target[:, 2]).flatten(1).all(dim=1)
+    assert 3 <= int(grey.sum()) <= 30  # about a fifth
+    assert torch.equal(noisy[grey][:, 0], noisy[grey][:, 1])
 
 
 def test_noise_level_matches_sigma(photos):

@@ -29,3 +29,20 @@ def test_eval_of_a_task_without_a_shipped_model_says_so(tmp_path, photos, capsys
     Image.fromarray(photos["coffee"]).save(tmp_path / "c.png")
     assert cli.main(["eval", "--task", "deblur", "--input", str(tmp_path), "--output", str(tmp_path / "e")]) == 2
     assert "no shipped model" in capsys.readouterr().err
+
+
+def test_inpaint_eval_masks_with_a_fixed_seed_and_compares_with_biharmonic(tmp_path, photos):
+    import torch
+
+    from aeflow.models import ResidualUNet, ResidualUNetConfig
+    from aeflow.modelstore import save_model
+
+    torch.manual_seed(0)
+    save_model(ResidualUNet(ResidualUNetConfig(task="inpaint", width=8, in_channels=4)), str(tmp_path / "m"))
+    Image.fromarray(photos["coffee"]).save(tmp_path / "c.png")
+    args = ["eval", "--task", "inpaint", "--model", str(tmp_path / "m"), "--input", str(tmp_path),
+            "--output", str(tmp_path / "e")]
+    assert cli.main(args) == 0
+    mean = json.loads((tmp_path / "e" / "eval.json").read_text())["mean"]
+    assert set(mean) == {"degraded", "aeflow", "biharmonic"}
+    assert mean["biharmonic"]["psnr"] > mean["degraded"]["psnr"]  # filling holes beats grey holes

@@ -18,6 +18,7 @@ class ResidualUNetConfig:
     task: str = "denoise"
     width: int = 32
     depth: int = 2  # number of stride-2 levels; the input is padded to a multiple of 2**depth
+    in_channels: int = 3  # 4 for inpainting: RGB with the holes grey, plus the mask (1 = missing)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -28,14 +29,15 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class ResidualUNet(nn.Module):
-    """Predicts the degradation (noise) and subtracts it from the input: out = x - f(x)."""
+    """Predicts the degradation (noise, blocks, blur, holes) and subtracts it from the input's RGB:
+    out = x[:, :3] - f(x)."""
 
     def __init__(self, config: ResidualUNetConfig = ResidualUNetConfig()):
         super().__init__()
         self.config = config
         w = config.width
         widths = [w * 2**i for i in range(config.depth + 1)]
-        self.head = _block(3, widths[0])
+        self.head = _block(config.in_channels, widths[0])
         self.downs = nn.ModuleList(
             nn.Sequential(nn.Conv2d(a, b, 2, stride=2), _block(b, b)) for a, b in zip(widths, widths[1:])
         )
@@ -44,7 +46,7 @@ class ResidualUNet(nn.Module):
         self.tail = nn.Conv2d(widths[0], 3, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) in [0, 1], any H, W -> restored image, same size (not clamped)."""
+        """x: (B, in_channels, H, W) in [0, 1], any H, W -> restored RGB, same size (not clamped)."""
         padded, (h, w) = pad_to_multiple(x, 2**self.config.depth)
         skips = []
         f = self.head(padded)
@@ -53,4 +55,4 @@ class ResidualUNet(nn.Module):
             f = down(f)
         for up, merge, skip in zip(reversed(self.ups), reversed(self.merges), reversed(skips)):
             f = merge(up(f) + skip)
-        return (padded - self.tail(f))[..., :h, :w]
+        return (padded[:, :3] - self.tail(f))[..., :h, :w]
