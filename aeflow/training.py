@@ -83,12 +83,13 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     config, state = modelstore.load_state(cfg.init)
     if cfg.task != "codec":  # a restorer may start from another task's weights (same network)
         config = {**config, "task": cfg.task}
-    saved = modelstore.build_module(config)
-    if cfg.task != "codec" or saved.config == new_model(cfg).config:
+    saved, model = modelstore.build_module(config), new_model(cfg)
+    same = (saved.config == model.config if cfg.task == "codec"
+            else saved.config.in_channels == model.config.in_channels)
+    if same:
         saved.load_state_dict(state)
         return saved
-    model = new_model(cfg)
-    grow_into(model, state)
+    grow_into(model, state)  # e.g. inpainting's extra mask channel on a denoiser's weights
     return model
 
 
