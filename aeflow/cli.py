@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="denoise")
     p.add_argument("--format", default="png", choices=["png", "webp", "jpeg"])
     p.add_argument("--tile", type=int, default=512, help="images larger than this run in blended tiles")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="how much of the model's correction to apply: output = input + strength * (restored - "
+                        "input); with --task enhance (the deblurrer on clean photos) 0.5-1.5 sharpens")
 
     p = sub.add_parser("generate", help="new images decoded from sampled latents")
     p.add_argument("--output", required=True)
@@ -185,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
     elif args.command == "decompress":
         summary = pipeline.decompress(_job(args, format=args.format))
     else:
-        summary = pipeline.restore(_job(args, format=args.format, task=args.task, tile=args.tile))
+        summary = pipeline.restore(_job(args, format=args.format, task=args.task, tile=args.tile,
+                                        strength=args.strength))
     _print_summary(summary)
     return 0
 

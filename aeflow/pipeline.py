@@ -72,6 +72,7 @@ class JobConfig:
     quality: int = codec.DEFAULT_QUALITY  # compress: the codec's quality level (1 = smallest)
     target_bpp: float = 0.0  # compress: > 0 picks per image the highest level at most this many bits/pixel
     tile: int = 512  # restore: larger images run in overlapping tiles of this size (bounded memory)
+    strength: float = 1.0  # restore: output = input + strength * (model output - input); enhance: 0..2
     listing: str = ""  # a listing file of keys under `input` to use instead of listing the prefix
     count: int = 0  # generate: number of images
     seed: int = 0  # generate: base seed
@@ -283,9 +284,9 @@ class RestoreImages(_WriteImages):
     """bytes -> decode -> restorer -> image files. 16-bit greyscale inputs are restored from their 16
     bits and written as 16-bit PNG; an inpainting model fills the input's transparent pixels."""
 
-    def __init__(self, *args, base: str, tile: int, **kwargs):
+    def __init__(self, *args, base: str, tile: int, strength: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.base, self.tile = base, tile
+        self.base, self.tile, self.strength = base, tile, strength
         self.inpaint = self.loaded.config.get("in_channels", 3) == 4
 
     def _input(self, pic: images.Picture) -> torch.Tensor:
@@ -327,6 +328,8 @@ class RestoreImages(_WriteImages):
             try:
                 x = torch.stack([t for _, _, t in inputs])
                 y = tiled(self.loaded.module, x.to(self.device), tile=self.tile).cpu()
+                if self.strength != 1.0:  # less (or, above 1, more) of the model's correction
+                    y = x[:, :3] + self.strength * (y - x[:, :3])
             except Exception as e:
                 for i, _, _ in inputs:
                     rows[i] = _error(rows[i]["path"], "model", e)
@@ -688,15 +691,17 @@ def decompress(job: JobConfig) -> JobSummary:
 def restore(job: JobConfig) -> JobSummary:
     """Images -> restored images at <output>/<path> (extension replaced by the output format)."""
     t0 = time.time()
-    if not job.model and job.task not in modelstore.DEFAULT_RESTORERS:
+    task = "deblur" if job.task == "enhance" else job.task  # enhance: the deblurrer, applied with --strength
+    if not job.model and task not in modelstore.DEFAULT_RESTORERS:
         raise ValueError(f"--task {job.task}: no shipped model yet (shipped: "
                          f"{', '.join(modelstore.DEFAULT_RESTORERS)}); pass --model")
-    model = job.model or modelstore.DEFAULT_RESTORERS[job.task]
+    model = job.model or modelstore.DEFAULT_RESTORERS[task]
     loaded = modelstore.load_model(model, job.storage)
     if loaded.kind != "restore":
         raise ValueError(f"--model {model}: a {loaded.kind} model, restore needs a restoration model")
     fs, base, identity, skipped = _list_images(job)
-    plan = _plan("restore", job, identity, skipped, f"{loaded.fingerprint}/{job.format}", [loaded.fingerprint])
+    plan = _plan("restore", job, identity, skipped, f"{loaded.fingerprint}/{job.format}/s{job.strength:g}",
+                 [loaded.fingerprint])
     ds = None
     if plan.todo:
         _init_ray()
@@ -704,7 +709,8 @@ def restore(job: JobConfig) -> JobSummary:
         ds = _read_images(fs, base, plan.todo).map_batches(
             RestoreImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, job.format,
                                                 _collisions(list(identity), _ext(job.format))),
-            fn_constructor_kwargs={"base": base, "tile": job.tile}, batch_size=job.batch_size, batch_format="numpy",
+            fn_constructor_kwargs={"base": base, "tile": job.tile, "strength": job.strength},
+            batch_size=job.batch_size, batch_format="numpy",
             **opts)
     return _drain(plan, ds, t0)
 

@@ -45,3 +45,20 @@ def test_inpainting_fills_transparent_pixels_and_keeps_the_rest_exactly(ray_loca
     errors = pq.read_table(tmp_path / "out" / "errors.parquet").to_pylist()
     assert [(e["path"], e["stage"]) for e in errors] == [("no-mask.png", "input")]
     assert "transparent" in errors[0]["error"]
+
+
+def test_strength_scales_the_models_correction(ray_local, tmp_path, photos):
+    rng = np.random.default_rng(1)
+    clean = photos["astronaut"]
+    noisy = np.clip(np.round(clean + rng.normal(0, 20, clean.shape)), 0, 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(noisy).save(tmp_path / "in" / "a.png")
+    outs = {}
+    for s in ("0", "0.5", "1"):
+        args = ["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / s), "--strength", s]
+        assert cli.main(args) == 0
+        outs[s] = np.asarray(Image.open(tmp_path / s / "a.png")).astype(np.float64)
+    np.testing.assert_array_equal(outs["0"], noisy)  # no correction: the input back
+    half = np.abs(outs["0.5"] - noisy).mean()
+    full = np.abs(outs["1"] - noisy).mean()
+    assert 0.4 * full < half < 0.6 * full
