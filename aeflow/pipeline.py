@@ -227,9 +227,9 @@ class _WriteImages(_ModelActor):
         return out
 
     def write(self, key: str, out: str, arr: np.ndarray, alpha: np.ndarray | None = None,
-              icc: bytes | None = None) -> dict:
+              icc: bytes | None = None, exif: bytes | None = None) -> dict:
         storage.write_bytes(self.out_fs, storage.join(self.out_root, out),
-                            images.encode_image(arr, self.fmt, alpha, icc))
+                            images.encode_image(arr, self.fmt, alpha, icc, exif))
         return {"path": key, "output": out, "width": arr.shape[1], "height": arr.shape[0]}
 
 
@@ -337,7 +337,7 @@ class RestoreImages(_WriteImages):
             for (i, pic, xi), yi in zip(inputs, y):
                 try:
                     out, alpha = self._output(pic, xi, yi)
-                    rows[i] = self.write(rows[i]["path"], rows[i]["output"], out, alpha, pic.icc)
+                    rows[i] = self.write(rows[i]["path"], rows[i]["output"], out, alpha, pic.icc, pic.exif)
                     rows[i]["noise_sigma"] = metrics.noise_sigma(pic.rgb)
                 except Exception as e:
                     rows[i] = _error(rows[i]["path"], "write", e)

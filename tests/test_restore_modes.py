@@ -62,3 +62,22 @@ def test_strength_scales_the_models_correction(ray_local, tmp_path, photos):
     half = np.abs(outs["0.5"] - noisy).mean()
     full = np.abs(outs["1"] - noisy).mean()
     assert 0.4 * full < half < 0.6 * full
+
+
+def test_exif_and_icc_carry_through_restore(ray_local, tmp_path, photos):
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = Image.Exif()
+    exif[0x010F] = "aeflow-test-camera"  # Make
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
+    (tmp_path / "in").mkdir()
+    Image.fromarray(photos["coffee"]).save(tmp_path / "in" / "cam.jpg", quality=95, exif=exif.tobytes(),
+                                           icc_profile=icc)
+    assert cli.main(["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
+    out = Image.open(tmp_path / "out" / "cam.png")
+    h, w = photos["coffee"].shape[:2]
+    assert out.size == (h, w)  # upright pixels...
+    assert out.getexif().get(0x010F) == "aeflow-test-camera"  # ...the camera's EXIF kept...
+    assert out.getexif().get(0x0112, 1) == 1  # ...without an orientation that would rotate them again
+    assert out.info.get("icc_profile") == icc
