@@ -18,6 +18,7 @@ from aeflow import degrade, evaluate, images, metrics, pipeline
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
 NOISE_SIGMA = 25.0
+ENHANCE_STRENGTH = 1.0
 
 
 def demo_photos() -> dict[str, np.ndarray]:
@@ -41,7 +42,7 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
     import ray
 
     out = os.path.abspath(out)
-    steps = 4
+    steps = 5
     print(f"[1/{steps}] writing {len(PHOTOS)} scikit-image photos and their sigma-{NOISE_SIGMA:g} noisy copies "
           f"to {out}/photos, {out}/noisy", flush=True)
     photos = demo_photos()
@@ -67,6 +68,10 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
     t = time.time()
     pipeline.restore(pipeline.JobConfig(input=f"{out}/noisy", output=f"{out}/denoised", task="denoise", resume=False))
     t_den = time.time() - t
+    print(f"[5/{steps}] restore --task enhance --strength {ENHANCE_STRENGTH:g} {out}/photos -> {out}/enhanced",
+          flush=True)
+    pipeline.restore(pipeline.JobConfig(input=f"{out}/photos", output=f"{out}/enhanced", task="enhance",
+                                        strength=ENHANCE_STRENGTH, resume=False))
 
     lat = pq.read_table(f"{out}/latents/latents-00000.parquet", columns=["path", "bytes", "bpp"]).to_pylist()
     by_name = {r["path"][:-4]: r for r in lat}
@@ -85,13 +90,13 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
     _print_table(rows, comp.written, t_comp, t_dec, t_den)
     _grid(out, ["astronaut", "chelsea", "coffee"])
     print(f"\noutputs: {out}/latents (Parquet, manifest.json, errors.parquet), {out}/decompressed, "
-          f"{out}/noisy, {out}/denoised; a before/after picture in {out}/grid.png")
+          f"{out}/noisy, {out}/denoised, {out}/enhanced; a before/after picture in {out}/grid.png")
     return rows
 
 
 def _grid(out: str, names: list[str], size: int = 200) -> None:
-    """Centre crops, one row per photo: original | decompressed | noisy | denoised."""
-    folders = ["photos", "decompressed", "noisy", "denoised"]
+    """Centre crops, one row per photo: original | decompressed | noisy | denoised | enhanced."""
+    folders = ["photos", "decompressed", "noisy", "denoised", "enhanced"]
     grid = Image.new("RGB", (size * len(folders), size * len(names)), "white")
     for r, name in enumerate(names):
         for c, folder in enumerate(folders):

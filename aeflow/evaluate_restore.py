@@ -69,11 +69,11 @@ def baselines(task: str, noisy: np.ndarray, level: float, mask: np.ndarray | Non
         except ImportError:
             pass
         out["tv"] = denoise_tv_chambolle(x, weight=max(sigma, 1e-3), channel_axis=-1)
-        try:  # the reference CBM3D (the `eval` extra)
+        try:  # the reference CBM3D (the `eval` extra), given the true sigma: a denoising baseline only
             import bm3d
         except ImportError:
-            pass
-        else:
+            bm3d = None
+        if bm3d is not None and task == "denoise":
             out["cbm3d"] = bm3d.bm3d_rgb(x, max(sigma, 1e-3))
     if task == "inpaint":
         from skimage.restoration import inpaint_biharmonic

@@ -19,7 +19,8 @@ from aeflow.models.entropy import export_tables
 
 SHIPPED_DIR = Path(__file__).parent / "weights"
 DEFAULT_CODEC = "codec-default"
-DEFAULT_RESTORERS = {"denoise": "denoise-default"}
+DEFAULT_RESTORERS = {"denoise": "denoise-default", "deblock": "deblock-default", "deblur": "deblur-default",
+                     "inpaint": "inpaint-default"}
 
 
 @dataclass

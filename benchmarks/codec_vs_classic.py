@@ -33,7 +33,7 @@ def main() -> None:
     print(json.dumps({
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "model": report["model"],
         "images": report["images"], "convention": report["convention"],
-        "levels": [{k: round(v, 4) for k, v in lv.items()} for lv in mean["levels"]],
+        "levels": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in lv.items()} for lv in mean["levels"]],
         **{k: v for k, v in mean.items() if k not in ("levels", "classic")},
         "work": work}, indent=1))
 

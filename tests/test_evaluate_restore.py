@@ -25,10 +25,12 @@ def test_denoise_eval_reports_aeflow_and_the_classical_baselines(tmp_path, photo
     assert again["degraded"] == mean["degraded"] and again["aeflow"] == mean["aeflow"]
 
 
-def test_eval_of_a_task_without_a_shipped_model_says_so(tmp_path, photos, capsys):
+def test_eval_of_a_restore_task_with_a_codec_model_says_so(tmp_path, photos, capsys):
     Image.fromarray(photos["coffee"]).save(tmp_path / "c.png")
-    assert cli.main(["eval", "--task", "deblur", "--input", str(tmp_path), "--output", str(tmp_path / "e")]) == 2
-    assert "no shipped model" in capsys.readouterr().err
+    args = ["eval", "--task", "deblock", "--model", "codec-default", "--input", str(tmp_path), "--output",
+            str(tmp_path / "e")]
+    assert cli.main(args) == 2
+    assert "a codec model, restoration eval needs a restorer" in capsys.readouterr().err
 
 
 def test_inpaint_eval_masks_with_a_fixed_seed_and_compares_with_biharmonic(tmp_path, photos):
