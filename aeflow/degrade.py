@@ -117,10 +117,28 @@ def hole_mask(shape: tuple[int, int], n: int, generator: torch.Generator | None 
     return mask
 
 
+def smooth_fill(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fill missing pixels (mask 1) from their surroundings, coarse to fine ("push-pull"): average the
+    known pixels down an image pyramid, then at each finer level keep what is known and take the rest
+    from the level below. Fast at any size; known pixels come back unchanged."""
+    known = 1 - mask
+    num, den = x * known, known
+    levels = []
+    while min(num.shape[-2:]) > 1:
+        levels.append((num, den))
+        num = F.avg_pool2d(num, 2, ceil_mode=True)
+        den = F.avg_pool2d(den, 2, ceil_mode=True)
+    fill = torch.where(den > 0, num / den.clamp_min(1e-6), torch.full_like(num, 0.5))
+    for num, den in reversed(levels):
+        up = F.interpolate(fill, size=num.shape[-2:], mode="bilinear", align_corners=False)
+        fill = num + (1 - den) * up
+    return torch.where(mask > 0.5, fill, x)
+
+
 def with_holes(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The inpainting input: RGB with missing pixels (mask (B, 1, H, W), 1 = missing) set to grey,
-    and the mask as a fourth channel."""
-    return torch.cat([x * (1 - mask) + 0.5 * mask, mask], dim=1)
+    """The inpainting input: RGB with missing pixels (mask (B, 1, H, W), 1 = missing) filled smoothly
+    from their surroundings, and the mask as a fourth channel; the model refines the fill."""
+    return torch.cat([smooth_fill(x, mask), mask], dim=1)
 
 
 def sample(task: str, x: torch.Tensor, generator: torch.Generator | None = None,

@@ -44,7 +44,8 @@ def degraded(task: str, arr: np.ndarray, level: float, seed: int) -> np.ndarray:
     if task == "deblur":
         return _u8(degrade.gaussian_noise(degrade.gaussian_blur(x, level), 2.0, g))
     if task == "inpaint":
-        return _u8(degrade.with_holes(x, _holes(arr, level, seed))[:, :3])
+        mask = _holes(arr, level, seed)
+        return _u8(x * (1 - mask) + 0.5 * mask)  # the holes grey
     raise ValueError(f"eval --task {task}: one of codec, {', '.join(degrade.TASKS)}")
 
 
@@ -79,6 +80,8 @@ def baselines(task: str, noisy: np.ndarray, level: float, mask: np.ndarray | Non
         from skimage.restoration import inpaint_biharmonic
 
         out["biharmonic"] = inpaint_biharmonic(x, mask, channel_axis=-1)
+        hole = torch.from_numpy(mask).float()[None, None]
+        out["push_pull"] = degrade.smooth_fill(_tensor(noisy), hole)[0].permute(1, 2, 0).numpy()  # aeflow's first fill
     if task == "deblur":
         from skimage.restoration import richardson_lucy
 

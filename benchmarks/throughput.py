@@ -26,14 +26,14 @@ from PIL import Image
 from aeflow import codec, modelstore, pipeline, storage
 
 
-def photos(n: int, w: int, h: int) -> list[np.ndarray]:
+def photos(n: int, w: int, h: int, start: int = 0) -> list[np.ndarray]:
     """n distinct crops (offsets and flips) of scikit-image's colour photos (held out of training)."""
     import skimage.data
 
     sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket(),
                skimage.data.hubble_deep_field()]
     out = []
-    for i in range(n):
+    for i in range(start, start + n):
         src = sources[i % len(sources)]
         if src.shape[0] < h or src.shape[1] < w:
             src = np.asarray(Image.fromarray(src).resize((max(w, src.shape[1]), max(h, src.shape[0]))))
@@ -49,7 +49,8 @@ class WorkerRSS:
 
     def __init__(self, total: bool = False):
         self.peak_kb = 0
-        self.total = total  # peak of the summed RSS of all workers, else of the largest one
+        self.total = total  # peak_kb: of the summed RSS of all workers, else of the largest one
+        self.peak_one_kb = 0  # the largest single worker, in either case
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -69,6 +70,7 @@ class WorkerRSS:
                     pass
             if sizes:
                 self.peak_kb = max(self.peak_kb, sum(sizes) if self.total else max(sizes))
+                self.peak_one_kb = max(self.peak_one_kb, max(sizes))
             time.sleep(0.5)
 
     def __enter__(self):

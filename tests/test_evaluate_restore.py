@@ -46,5 +46,5 @@ def test_inpaint_eval_masks_with_a_fixed_seed_and_compares_with_biharmonic(tmp_p
             "--output", str(tmp_path / "e")]
     assert cli.main(args) == 0
     mean = json.loads((tmp_path / "e" / "eval.json").read_text())["mean"]
-    assert set(mean) == {"degraded", "aeflow", "biharmonic"}
+    assert set(mean) == {"degraded", "aeflow", "biharmonic", "push_pull"}
     assert mean["biharmonic"]["psnr"] > mean["degraded"]["psnr"]  # filling holes beats grey holes
