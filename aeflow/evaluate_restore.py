@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 import aeflow
 from aeflow import degrade, images, metrics, modelstore, storage
+from aeflow.evaluate import image_keys
 from aeflow.tiling import tiled
 
 CONVENTION = "PSNR and SSIM (skimage, RGB, data_range 255) on 8-bit outputs against the clean image"
@@ -120,11 +121,7 @@ def evaluate_restorer(input_uri: str, work_uri: str, task: str, level: float, mo
     loaded = modelstore.load_model(name, options)
     if loaded.kind != "restore":
         raise ValueError(f"--model {name}: a {loaded.kind} model, restoration eval needs a restorer")
-    fs, root = storage.filesystem(input_uri, options)
-    base = storage.input_root(fs, root)
-    keys = sorted(k for k in storage.list_files(fs, root) if images.is_image_key(k))
-    if not keys:
-        raise FileNotFoundError(f"no images under {input_uri}")
+    fs, base, keys = image_keys(input_uri, options)
     per_image, grid_rows, seconds = [], [], {}
     pixels = 0.0
     for i, key in enumerate(keys):
