@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from aeflow import codec
+
 TASKS = ("denoise", "deblock", "deblur", "inpaint")
 
 
@@ -54,7 +56,7 @@ def jpeg(x: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
     qualities = _per_image(quality, x).flatten().round().int().tolist()
     out = []
     for img, q in zip(x, qualities):
-        arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        arr = codec.to_uint8(img.cpu())
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=int(q))
         back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))

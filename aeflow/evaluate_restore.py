@@ -18,7 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import aeflow
-from aeflow import degrade, images, metrics, modelstore, storage
+from aeflow import codec, degrade, images, metrics, modelstore, storage
 from aeflow.evaluate import image_keys
 from aeflow.tiling import tiled
 
@@ -30,7 +30,8 @@ def _tensor(arr: np.ndarray) -> torch.Tensor:
 
 
 def _u8(x: torch.Tensor) -> np.ndarray:
-    return (x[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    """The one image of a (1, 3, H, W) batch as 8-bit (H, W, 3)."""
+    return codec.to_uint8(x[0])
 
 
 def degraded(task: str, arr: np.ndarray, level: float, seed: int) -> np.ndarray:
