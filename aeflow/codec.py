@@ -28,6 +28,7 @@ import torch
 
 import aeflow
 from aeflow.models.entropy import TABLE_BITS
+from aeflow.models.layers import pad_to_multiple
 
 MAGIC = b"AEFL"
 FORMAT_VERSION = 2
@@ -216,8 +217,6 @@ def _tiled(fn, x: torch.Tensor, scale: float, tile: int, margin: int) -> torch.T
 def analyse(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Images (B, 3, H, W) in [0, 1] -> continuous latents, in tiles when large."""
     stride = module.config.stride
-    from aeflow.models.layers import pad_to_multiple
-
     x, _ = pad_to_multiple(x, stride)
     return _tiled(module.encoder, x, 1 / stride, TILE, MARGIN)
 
@@ -255,11 +254,11 @@ def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALI
             while lo <= hi:  # bits grow with the level: binary search for the last level that fits
                 mid = (lo + hi) // 2
                 bits = stream(i, mid)
-                if 8 * len(bits) <= target_bpp * w * h:
-                    best, lo = bits, mid + 1
-                else:
-                    hi = mid - 1
-            out.append(best if best is not None else stream(i, 0))
+                fits = 8 * len(bits) <= target_bpp * w * h
+                if fits or mid == 0:  # level 1 (searched last) when nothing fits
+                    best = bits
+                lo, hi = (mid + 1, hi) if fits else (lo, mid - 1)
+            out.append(best)
         else:
             out.append(stream(i, check_quality(quality, tables.levels) - 1))
     return out
