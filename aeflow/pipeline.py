@@ -24,6 +24,7 @@ import torch
 
 import aeflow
 from aeflow import codec, degrade, images, metrics, modelstore, storage
+from aeflow.models.restorer import with_noise_map
 from aeflow.tiling import tiled
 
 # Columns that let a re-run skip finished inputs: the input's size and tag (ETag or mtime) when it was
@@ -49,7 +50,7 @@ LATENTS_SCHEMA = pa.schema([
 _ENCODED_SCHEMA = pa.schema([f for f in LATENTS_SCHEMA if f.name not in dict(_LEDGER_FIELDS)])  # from actors
 STATUS_SCHEMA = pa.schema([
     ("path", pa.string()), ("output", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-    ("noise_sigma", pa.float64()),  # restore: blind estimate of the input's noise std (0-255), else null
+    ("noise_sigma", pa.float64()),  # restore: the input's noise std (0-255): --sigma or the blind estimate
 ])
 PROGRESS_SCHEMA = pa.schema([("path", pa.string()), ("output", pa.string()), ("noise_sigma", pa.float64()),
                              *_LEDGER_FIELDS])
@@ -74,6 +75,7 @@ class JobConfig:
     target_bpp: float = 0.0  # compress: > 0 picks per image the highest level at most this many bits/pixel
     tile: int = 512  # restore: larger images run in overlapping tiles of this size (bounded memory)
     strength: float = 1.0  # restore: output = input + strength * (model output - input); enhance: 0..2
+    sigma: float = -1.0  # restore with a noise-map denoiser: noise std (0-255) of every input; < 0 = estimate each
     listing: str = ""  # a listing file of keys under `input` to use instead of listing the prefix
     count: int = 0  # generate: number of images
     seed: int = 0  # generate: base seed
@@ -291,15 +293,18 @@ class DecodeLatents(_WriteImages):
 
 class RestoreImages(_WriteImages):
     """bytes -> decode -> restorer -> image files. 16-bit greyscale inputs are restored from their 16
-    bits and written as 16-bit PNG; an inpainting model fills the input's transparent pixels."""
+    bits and written as 16-bit PNG; an inpainting model fills the input's transparent pixels; a
+    noise-map denoiser is given each image's noise std (forced by --sigma, or its blind estimate)."""
 
-    def __init__(self, *args, base: str, tile: int, strength: float = 1.0, **kwargs):
+    def __init__(self, *args, base: str, tile: int, strength: float = 1.0, sigma: float = -1.0, **kwargs):
         super().__init__(*args, **kwargs)
-        self.base, self.tile, self.strength = base, tile, strength
-        self.inpaint = self.loaded.config.get("in_channels", 3) == 4
+        self.base, self.tile, self.strength, self.sigma = base, tile, strength, sigma
+        self.noise_map = bool(self.loaded.config.get("noise_map", False))
+        self.inpaint = self.loaded.config.get("in_channels", 3) == 4 and not self.noise_map
 
-    def _input(self, pic: images.Picture) -> torch.Tensor:
-        """(C, H, W) model input in [0, 1]; for inpainting, RGB with the holes grey plus the mask."""
+    def _input(self, pic: images.Picture, sigma: float) -> torch.Tensor:
+        """(C, H, W) model input in [0, 1]; for inpainting, RGB with the holes grey plus the mask; for a
+        noise-map denoiser, RGB plus the noise std plane."""
         if pic.deep is not None:
             x = torch.from_numpy(pic.deep.astype(np.float32) / 65535.0)[None].expand(3, -1, -1)
         else:
@@ -310,6 +315,8 @@ class RestoreImages(_WriteImages):
                                  "this image has none")
             mask = torch.from_numpy(pic.alpha < 128).float()[None]
             x = degrade.with_holes(x[None], mask[None])[0]
+        if self.noise_map:
+            x = with_noise_map(x[None], sigma)[0]
         return x
 
     def _output(self, pic: images.Picture, x: torch.Tensor, y: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
@@ -328,8 +335,10 @@ class RestoreImages(_WriteImages):
         for group in _by_shape(decoded).values():
             inputs = []
             for i, pic in group:
+                # the noise level used (and recorded): --sigma, else the image's blind estimate
+                rows[i]["noise_sigma"] = self.sigma if self.sigma >= 0 else metrics.noise_sigma(pic.rgb)
                 try:
-                    inputs.append((i, pic, self._input(pic)))
+                    inputs.append((i, pic, self._input(pic, rows[i]["noise_sigma"])))
                 except ValueError as e:
                     rows[i] = _error(rows[i]["path"], "input", e)
             if not inputs:
@@ -347,8 +356,9 @@ class RestoreImages(_WriteImages):
             for (i, pic, xi), yi in zip(inputs, y):
                 try:
                     out, alpha = self._output(pic, xi, yi)
+                    sigma = rows[i]["noise_sigma"]
                     rows[i] = self.write(rows[i]["path"], rows[i]["output"], out, alpha, pic.icc, pic.exif)
-                    rows[i]["noise_sigma"] = metrics.noise_sigma(pic.rgb)
+                    rows[i]["noise_sigma"] = sigma
                 except Exception as e:
                     rows[i] = _error(rows[i]["path"], "write", e)
         return _rows_table(rows, STATUS_SCHEMA)
@@ -397,7 +407,8 @@ def _init_ray() -> None:
 
 
 def _pool(job: JobConfig) -> tuple[dict, int]:
-    """Actor pool options sized to the cluster so that reads always keep a CPU (RAY-NOTES: deadlock)."""
+    """Actor pool options and torch threads per actor, sized to the cluster so that reads always keep a
+    CPU (RAY-NOTES: deadlock)."""
     import ray
 
     resources = ray.cluster_resources()
@@ -405,9 +416,9 @@ def _pool(job: JobConfig) -> tuple[dict, int]:
     if job.gpus > 0:
         size = job.concurrency or max(1, int(resources.get("GPU", 0) / job.gpus))
         per_cpu = 1.0
-    else:
-        size = job.concurrency or max(1, int(cpus) - 1)
-        per_cpu = min(1.0, max(0.25, (cpus - 1) / size))
+    else:  # one single-threaded actor per CPU: on CPU, processes beat intra-op threads (benchmarks/RESULTS.md)
+        size = job.concurrency or max(1, int(cpus))
+        per_cpu = min(1.0, max(0.25, (cpus - 1) / size))  # fractional, so a read task always finds a CPU
     threads = job.threads or max(1, int(cpus // size))
     # Two calls per actor at once, the model used by one at a time (_ModelActor.model_lock): image files
     # are decoded, encoded and written while the other call's batch is in the model.
@@ -714,9 +725,13 @@ def restore(job: JobConfig) -> JobSummary:
     loaded = modelstore.load_model(model, job.storage)
     if loaded.kind != "restore":
         raise ValueError(f"--model {model}: a {loaded.kind} model, restore needs a restoration model")
+    if job.sigma >= 0 and not loaded.config.get("noise_map"):
+        raise ValueError(f"--sigma: model {model} is blind (it takes no noise level); --sigma needs a "
+                         f"noise-map denoiser such as the shipped {modelstore.DEFAULT_RESTORERS['denoise']}")
     fs, base, identity, skipped = _list_images(job)
-    plan = _plan("restore", job, identity, skipped, f"{loaded.fingerprint}/{job.format}/s{job.strength:g}",
-                 [loaded.fingerprint])
+    forced = f"/sigma{job.sigma:g}" if job.sigma >= 0 else ""
+    plan = _plan("restore", job, identity, skipped,
+                 f"{loaded.fingerprint}/{job.format}/s{job.strength:g}{forced}", [loaded.fingerprint])
     ds = None
     if plan.todo:
         _init_ray()
@@ -724,7 +739,7 @@ def restore(job: JobConfig) -> JobSummary:
         ds = _read_images(fs, base, plan.todo).map_batches(
             RestoreImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, job.format,
                                                 _collisions(list(identity), _ext(job.format))),
-            fn_constructor_kwargs={"base": base, "tile": job.tile, "strength": job.strength},
+            fn_constructor_kwargs={"base": base, "tile": job.tile, "strength": job.strength, "sigma": job.sigma},
             batch_size=job.batch_size, batch_format="numpy",
             **opts)
     return _drain(plan, ds, t0)

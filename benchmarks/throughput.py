@@ -1,6 +1,8 @@
-"""Throughput: megapixels per second of (a) the bare model in one process (same thread count, no Ray,
-no I/O), (b) the full aeflow pipeline on local files, (c) the same from a moto S3 server on loopback,
-(the bare model runs before and after the two jobs and its mean is used: this VM's speed drifts),
+"""Throughput: megapixels per second of (a) the bare model in one process (as many torch threads as the
+pipeline's actors have in all, no Ray, no I/O), (b) the full aeflow pipeline on local files, (c) the
+same from a moto S3 server on loopback (the bare model runs before and after the two jobs and its mean
+is used: this VM's speed drifts); also the bare model split over one single-threaded process per
+actor (bare_split, the stricter baseline: the pipeline's own layout),
 for compress, decompress and restore over the same real photos; the ratios (b)/(a), (c)/(a); peak
 RSS of the driver and of Ray workers. Prints JSON.
 
@@ -108,6 +110,31 @@ def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float
     return time.time() - t0
 
 
+def _bare_worker(task: str, arrays: list[np.ndarray], batch: int, start, out) -> None:
+    """One process of bare_split: waits for the others, then times its share with one thread."""
+    torch.set_num_threads(1)
+    bare(task, arrays[:1], batch, 1)  # load the model, warm up
+    start.wait()
+    out.put(bare(task, arrays, batch, 1))
+
+
+def bare_split(task: str, arrays: list[np.ndarray], batch: int, procs: int) -> float:
+    """Seconds for the model alone in `procs` single-threaded processes at once, each with a share of
+    the images: the layout of the pipeline's actors, without Ray or I/O."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=_bare_worker, args=(task, arrays[i::procs], batch, start, out))
+               for i in range(procs)]
+    for p in workers:
+        p.start()
+    seconds = max(out.get() for _ in workers)
+    for p in workers:
+        p.join()
+    return seconds
+
+
 def run_job(task: str, src: str, work: str, batch: int, listing: str = "") -> tuple[float, int]:
     """Seconds of one pipeline run (Ray already up) and the peak worker RSS in kB."""
     job = {"compress": (src, f"{work}/latents"), "decompress": (f"{work}/latents", f"{work}/decoded"),
@@ -156,30 +183,36 @@ def main() -> None:
     cpus = os.cpu_count()
     ray.init(num_cpus=cpus, logging_level="error", log_to_driver=False)
     opts, threads = pipeline._pool(pipeline.JobConfig(input="", output=""))
+    actors, all_threads = opts["compute"].min_size, opts["compute"].min_size * threads
     results = {}
     for task in args.tasks.split(","):
         n = min(args.restore_images, args.images) if task == "restore" else args.images
         mpix = n * w * h / 1e6
-        a = bare(task, arrays[:n], args.batch_size, threads)
+        a = bare(task, arrays[:n], args.batch_size, all_threads)
         listing = ""
         if n < args.images:  # the pipeline reads a listing of the first n photos
             listing = f"{tmp}/listing-{n}.txt"
             Path(listing).write_text("\n".join(sorted(os.listdir(src))[:n]) + "\n")
         b, b_rss = run_job(task, src, f"{tmp}/local", args.batch_size, listing)
         c, c_rss = run_job(task, "s3://bench/photos", "s3://bench/out", args.batch_size, listing)
-        a2 = bare(task, arrays[:n], args.batch_size, threads)  # again: this machine's speed drifts
+        a2 = bare(task, arrays[:n], args.batch_size, all_threads)  # again: this machine's speed drifts
         a_runs, a = (a, a2), (a + a2) / 2
+        split = bare_split(task, arrays[:n], args.batch_size, actors) if actors > 1 else a
         results[task] = {
             "images": n, "megapixels": round(mpix, 2),
             "bare_mpix_s": round(mpix / a, 3), "local_mpix_s": round(mpix / b, 3), "s3_mpix_s": round(mpix / c, 3),
             "local_over_bare": round(a / b, 3), "s3_over_bare": round(a / c, 3),
+            "bare_split_mpix_s": round(mpix / split, 3),
+            "local_over_bare_split": round(split / b, 3), "s3_over_bare_split": round(split / c, 3),
             "seconds": {"bare": round(a, 1), "bare_before_after": [round(v, 1) for v in a_runs],
-                        "local": round(b, 1), "s3": round(c, 1)},
+                        "bare_split": round(split, 1), "local": round(b, 1), "s3": round(c, 1)},
             "peak_worker_rss_mb": round(max(b_rss, c_rss) / 1024),
         }
     server.stop()
     print(json.dumps({
-        "machine": f"{platform.machine()}, {cpus} CPUs, torch threads per actor {threads}",
+        "machine": f"{platform.machine()}, {cpus} CPUs",
+        "pipeline": f"{actors} model actors x {threads} torch threads",
+        "bare": f"one process, {all_threads} torch threads; bare_split: {actors} processes x {threads} thread",
         "images": args.images, "size": args.size, "input_format": args.input_format, "megapixels": round(mpix, 2),
         "peak_driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "tasks": results,
