@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fit a model with Ray Train (or plain PyTorch with --no-ray)")
-    p.add_argument("--task", default="codec", choices=["codec", "denoise", "deblock", "deblur", "inpaint"])
+    p.add_argument("--task", default="codec",
+                   choices=["codec", "hyperprior", "denoise", "deblock", "deblur", "inpaint"],
+                   help="hyperprior: add a scale hyperprior for the top quality level to the --init codec")
     p.add_argument("--data", required=True, help="image URI to cut training crops from")
     p.add_argument("--out", required=True, help="model folder URI to write")
     p.add_argument("--storage", default="", help="checkpoint URI (default: <out>-checkpoints); re-runs resume")
@@ -69,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="codec: comma-separated lambdas, one quality level each, low to high "
                         "(loss = bits/pixel + lambda * 255^2 * MSE)")
     p.add_argument("--sigma-max", type=float, default=50.0, help="denoise: max noise std (0-255)")
+    p.add_argument("--noise-map", action="store_true",
+                   help="denoise: the model also takes the noise std as an input plane (so restore --sigma works)")
     p.add_argument("--channels", type=int, default=64)
     p.add_argument("--latent-channels", type=int, default=128)
     p.add_argument("--width", type=int, default=32)
@@ -100,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=1.0,
                    help="how much of the model's correction to apply: output = input + strength * (restored - "
                         "input); with --task enhance (the deblurrer on clean photos) 0.5-1.5 sharpens")
+    p.add_argument("--sigma", type=float, default=-1.0,
+                   help="denoise: the noise std (0-255) of every input, instead of each image's blind estimate")
 
     p = sub.add_parser("generate", help="new images decoded from sampled latents")
     p.add_argument("--output", required=True)
@@ -150,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             crop=args.crop, crops_per_image=args.crops_per_image, lr=args.lr, seed=args.seed, init=args.init,
             lmbda=tuple(float(v) for v in args.lmbda.split(",")), sigma_max=args.sigma_max, channels=args.channels,
             latent_channels=args.latent_channels, width=args.width, no_ray=args.no_ray, threads=args.threads,
-            warmup=args.warmup, max_failures=args.max_failures)
+            warmup=args.warmup, max_failures=args.max_failures, noise_map=args.noise_map)
         print(json.dumps(train(cfg, storage.StorageOptions(endpoint_url=args.endpoint_url))))
         return 0
     if args.command == "demo":
@@ -189,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         summary = pipeline.decompress(_job(args, format=args.format))
     else:
         summary = pipeline.restore(_job(args, format=args.format, task=args.task, tile=args.tile,
-                                        strength=args.strength))
+                                        strength=args.strength, sigma=args.sigma))
     _print_summary(summary)
     return 0
 

@@ -28,12 +28,14 @@ import torch
 
 import aeflow
 from aeflow.models.entropy import TABLE_BITS
+from aeflow.models.hyperprior import scales_and_means
 from aeflow.models.layers import pad_to_multiple
 from aeflow.tiling import images_per_call
 
 MAGIC = b"AEFL"
 FORMAT_VERSION = 2
-CODER_RANGE_FACTORIZED = 3
+CODER_RANGE_FACTORIZED = 3  # range coder, one factorized-prior table per channel
+CODER_RANGE_HYPER = 4  # range coder, side information z, then each symbol less its mean under a Gaussian, both from z
 DEFAULT_QUALITY = 3
 FLAG_ALPHA, FLAG_ICC = 1, 2
 _HEADER = struct.Struct(">4sBBBBIIHHH8sI")
@@ -59,28 +61,56 @@ class Decoded:
 
 # --- integer tables and their range-coder models -------------------------------------------------
 
+def _split(extra: dict[str, torch.Tensor], name: str) -> list[np.ndarray]:
+    """Flattened integer tables (`name`.offsets, `name`.freqs) -> probabilities, exact in float64."""
+    offsets = extra[f"{name}.offsets"].numpy().astype(np.int64)
+    freqs = extra[f"{name}.freqs"].numpy().astype(np.float64) / (1 << TABLE_BITS)
+    return [freqs[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+class _Table:
+    """One integer table: values lo .. lo + size - 2, then the escape symbol for anything else."""
+
+    def __init__(self, probs: np.ndarray, lo: int):
+        self.lo, self.size = int(lo), len(probs)
+        self.model = constriction.stream.model.Categorical(probs, perfect=False)
+
+
 class Tables:
-    """A codec model's integer frequency tables, as constriction models, one per (level, channel)."""
+    """A codec model's integer frequency tables as range-coder models: one per (level, channel) of the
+    factorized priors; with a hyperprior, one per channel of z and one per Gaussian scale."""
 
     def __init__(self, extra: dict[str, torch.Tensor]):
         if "coder.lo" not in extra:
             raise BitstreamError("this codec model has no entropy-coder tables (re-export it with aeflow train)")
         self.lo = extra["coder.lo"].numpy().astype(np.int64)  # (levels, channels)
-        offsets = extra["coder.offsets"].numpy().astype(np.int64)
-        freqs = extra["coder.freqs"].numpy().astype(np.float64) / (1 << TABLE_BITS)
         self.levels, self.channels = self.lo.shape
-        self._probs = [freqs[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
-        self._models: dict[int, object] = {}
+        self._probs = _split(extra, "coder")
+        self._tables: dict[tuple, _Table] = {}
+        self.hyper = "hyper.g.freqs" in extra  # the top level is coded under the scale hyperprior
+        if self.hyper:
+            self.extra = extra
+            self.z_lo = extra["hyper.z.lo"].numpy().astype(np.int64)
+            self._z_probs, self._g_probs = _split(extra, "hyper.z"), _split(extra, "hyper.g")
 
-    def size(self, level: int, channel: int) -> int:
-        """Symbols in the table, the escape symbol included."""
-        return len(self._probs[level * self.channels + channel])
+    def prior(self, level: int, channel: int) -> _Table:
+        key = ("prior", level, channel)
+        if key not in self._tables:
+            self._tables[key] = _Table(self._probs[level * self.channels + channel], self.lo[level, channel])
+        return self._tables[key]
 
-    def model(self, level: int, channel: int):
-        i = level * self.channels + channel
-        if i not in self._models:
-            self._models[i] = constriction.stream.model.Categorical(self._probs[i], perfect=False)
-        return self._models[i]
+    def side(self, channel: int) -> _Table:
+        key = ("z", channel)
+        if key not in self._tables:
+            self._tables[key] = _Table(self._z_probs[channel], self.z_lo[channel])
+        return self._tables[key]
+
+    def gaussian(self, index: int) -> _Table:
+        key = ("g", index)
+        if key not in self._tables:
+            probs = self._g_probs[index]
+            self._tables[key] = _Table(probs, -((len(probs) - 2) // 2))
+        return self._tables[key]
 
 
 _TABLES: dict[str, Tables] = {}
@@ -99,27 +129,60 @@ def _section(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
+def _put(encoder, values: np.ndarray, table: _Table, escapes: list[np.ndarray]) -> None:
+    """Range-code integer values (1-D) with a table; values outside it go as the escape symbol, and
+    their raw value to `escapes`."""
+    sym = values - table.lo
+    esc = table.size - 1
+    out = (sym < 0) | (sym >= esc)
+    if out.any():
+        escapes.append(values[out])
+        sym = np.where(out, esc, sym)
+    encoder.encode(sym.astype(np.int32), table.model)
+
+
+def _get(decoder, n: int, table: _Table, escapes: np.ndarray, used: int) -> tuple[np.ndarray, int]:
+    """The inverse of _put for n values; returns them and how many escaped values are now used."""
+    values = decoder.decode(table.model, n).astype(np.int64)
+    out = values == table.size - 1
+    values += table.lo
+    k = int(out.sum())
+    if k:
+        if used + k > len(escapes):
+            raise BitstreamError("malformed bitstream: fewer escaped values than escape symbols")
+        values[out] = escapes[used:used + k]
+    return values, used + k
+
+
 def pack(q: np.ndarray, level: int, tables: Tables, fingerprint: str, width: int, height: int,
-         mode: str = "RGB", alpha: np.ndarray | None = None, icc: bytes | None = None) -> bytes:
-    """Integer symbols (C, h, w) of quality level `level` (0-based) -> bitstream bytes."""
+         mode: str = "RGB", alpha: np.ndarray | None = None, icc: bytes | None = None,
+         z: np.ndarray | None = None) -> bytes:
+    """Integer symbols (C, h, w) of quality level `level` (0-based) -> bitstream bytes. With side
+    information z (the top level of a hyperprior codec) each symbol's table is picked from z."""
     q = np.asarray(q, np.int64)
     c, h, w = q.shape
     encoder = constriction.stream.queue.RangeEncoder()
-    escapes = []
-    for ch in range(c):
-        sym = q[ch].ravel() - tables.lo[level, ch]
-        esc = tables.size(level, ch) - 1
-        out = (sym < 0) | (sym >= esc)
-        if out.any():
-            escapes.append(q[ch].ravel()[out])
-            sym = np.where(out, esc, sym)
-        encoder.encode(sym.astype(np.int32), tables.model(level, ch))
+    escapes: list[np.ndarray] = []
+    if z is not None:
+        if not (tables.hyper and level == tables.levels - 1):
+            raise ValueError("side information is only coded at the top level of a hyperprior codec")
+        z = np.asarray(z, np.int64)
+        for ch in range(z.shape[0]):
+            _put(encoder, z[ch].ravel(), tables.side(ch), escapes)
+        index, mean = scales_and_means(tables.extra, z, (h, w))
+        residual = q - mean
+        for k in np.unique(index).tolist():
+            _put(encoder, residual[index == k], tables.gaussian(k), escapes)
+    else:
+        for ch in range(c):
+            _put(encoder, q[ch].ravel(), tables.prior(level, ch), escapes)
     words = encoder.get_compressed().astype("<u4").tobytes()
     esc_bytes = np.concatenate(escapes).astype("<i4").tobytes() if escapes else b""
     flags = (FLAG_ALPHA if alpha is not None else 0) | (FLAG_ICC if icc else 0)
     alpha_bytes = zlib.compress(np.ascontiguousarray(alpha, np.uint8).tobytes(), 6) if alpha is not None else b""
     fp = bytes.fromhex(fingerprint)
-    head = _HEADER.pack(MAGIC, FORMAT_VERSION, CODER_RANGE_FACTORIZED, level + 1, flags, width, height, c, h, w, fp, 0)
+    coder = CODER_RANGE_HYPER if z is not None else CODER_RANGE_FACTORIZED
+    head = _HEADER.pack(MAGIC, FORMAT_VERSION, coder, level + 1, flags, width, height, c, h, w, fp, 0)
     mode_b, version_b = mode.encode("ascii"), aeflow.__version__.encode("ascii")
     body = (bytes([len(mode_b)]) + mode_b + bytes([len(version_b)]) + version_b
             + _section(words) + _section(esc_bytes) + _section(alpha_bytes) + _section(icc or b""))
@@ -139,7 +202,7 @@ def read_header(data: bytes) -> dict:
             f"bitstream format version {version} is not supported (this aeflow reads {FORMAT_VERSION})")
     if zlib.crc32(data[:_CRC_OFFSET] + b"\0\0\0\0" + data[_HEADER.size:]) != crc:
         raise BitstreamError("checksum mismatch: the bitstream is corrupted or truncated")
-    if coder != CODER_RANGE_FACTORIZED:
+    if coder not in (CODER_RANGE_FACTORIZED, CODER_RANGE_HYPER):
         raise BitstreamError(f"unknown coder id {coder}")
     pos = _HEADER.size
     fields = []
@@ -173,22 +236,28 @@ def unpack(data: bytes, tables: Tables, fingerprint: str) -> tuple[np.ndarray, d
     if len(words) % 4 or len(esc_bytes) % 4:
         raise BitstreamError("malformed bitstream: section lengths are not whole 32-bit words")
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(words, "<u4").astype(np.uint32))
-    escapes = np.frombuffer(esc_bytes, "<i4")
-    q = np.empty((c, h * w), np.int64)
+    escapes = np.frombuffer(esc_bytes, "<i4").astype(np.int64)
+    q = np.empty((c, h, w), np.int64)
     used = 0
-    for ch in range(c):
-        sym = decoder.decode(tables.model(level, ch), h * w).astype(np.int64)
-        out = sym == tables.size(level, ch) - 1
-        q[ch] = sym + tables.lo[level, ch]
-        n = int(out.sum())
-        if n:
-            if used + n > len(escapes):
-                raise BitstreamError("malformed bitstream: fewer escaped values than escape symbols")
-            q[ch, out] = escapes[used:used + n]
-            used += n
+    if head["coder"] == CODER_RANGE_HYPER:
+        if not (tables.hyper and level == tables.levels - 1):
+            raise BitstreamError(f"level {level + 1} was coded with a hyperprior that this model does not have")
+        zc, zh, zw = len(tables.z_lo), -(-h // 4), -(-w // 4)
+        z = np.empty((zc, zh * zw), np.int64)
+        for ch in range(zc):
+            z[ch], used = _get(decoder, zh * zw, tables.side(ch), escapes, used)
+        index, mean = scales_and_means(tables.extra, z.reshape(zc, zh, zw), (h, w))
+        for k in np.unique(index).tolist():
+            where = index == k
+            residual, used = _get(decoder, int(where.sum()), tables.gaussian(k), escapes, used)
+            q[where] = residual + mean[where]
+    else:
+        for ch in range(c):
+            values, used = _get(decoder, h * w, tables.prior(level, ch), escapes, used)
+            q[ch] = values.reshape(h, w)
     if used != len(escapes):
         raise BitstreamError("malformed bitstream: escaped values left over")
-    return q.reshape(c, h, w), head
+    return q, head
 
 
 # --- pixels <-> latents (tiled for bounded memory) --------------------------------------------------
@@ -247,7 +316,10 @@ def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALI
 
     def stream(i: int, level: int) -> bytes:
         q = module.quantize(y[i:i + 1], level)[0].cpu().numpy()
-        return pack(q, level, tables, loaded.fingerprint, w, h, modes[i], alphas[i], iccs[i])
+        z = None
+        if tables.hyper and level == tables.levels - 1:  # side information from the scaled latents
+            z = torch.round(module.hyper.side(y[i:i + 1] * module._gain(module.log_gain, level)))[0].cpu().numpy()
+        return pack(q, level, tables, loaded.fingerprint, w, h, modes[i], alphas[i], iccs[i], z)
 
     out = []
     for i in range(n):

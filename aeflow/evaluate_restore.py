@@ -1,7 +1,8 @@
 """`aeflow eval --task denoise|deblock|deblur`: restoration quality against classical tools.
 
 Clean images are degraded with a fixed seed (aeflow.degrade, the same functions training uses), then
-restored by aeflow's model (tiled, as `aeflow restore` runs it) and by the classical baselines a user
+restored by aeflow's model (tiled, as `aeflow restore` runs it: a noise-map denoiser gets the blind
+estimate, and, as `aeflow_sigma_given`, the true sigma) and by the classical baselines a user
 already has on the same degraded images: scikit-image's non-local means, wavelet and TV denoisers, and
 CBM3D (PyPI `bm3d`, given the true sigma) when installed. PSNR and SSIM on the 8-bit RGB outputs, per
 image and mean; eval.json and a before/after grid of crops (grid.png).
@@ -20,6 +21,7 @@ from PIL import Image, ImageDraw
 import aeflow
 from aeflow import codec, degrade, images, metrics, modelstore, storage
 from aeflow.evaluate import image_keys
+from aeflow.models.restorer import with_noise_map
 from aeflow.tiling import tiled
 
 CONVENTION = "PSNR and SSIM (skimage, RGB, data_range 255) on 8-bit outputs against the clean image"
@@ -129,13 +131,20 @@ def evaluate_restorer(input_uri: str, work_uri: str, task: str, level: float, mo
         clean = images.decode_picture(fs.cat_file(storage.join(base, key))).rgb
         bad = degraded(task, clean, level, seed + i)
         mask = _holes(clean, level, seed + i) if task == "inpaint" else None
+        noise_map = loaded.config.get("noise_map", False)
         t0 = time.perf_counter()
         with torch.inference_mode():
             x = degrade.with_holes(_tensor(bad), mask) if mask is not None else _tensor(bad)
+            if noise_map:  # blind, as `aeflow restore` runs by default: the estimated noise level
+                x = with_noise_map(x, metrics.noise_sigma(bad))
             y = tiled(loaded.module, x, tile=tile)
             ours = _u8(torch.where(mask > 0.5, y, x[:, :3]) if mask is not None else y)
         seconds["aeflow"] = seconds.get("aeflow", 0.0) + time.perf_counter() - t0
         outputs = {"degraded": bad, "aeflow": ours}
+        if noise_map and task == "denoise":  # as `aeflow restore --sigma`: told the true level, like CBM3D
+            with torch.inference_mode():
+                given = tiled(loaded.module, with_noise_map(_tensor(bad), level), tile=tile)
+            outputs["aeflow_sigma_given"] = _u8(given)
         hole = mask[0, 0].numpy() > 0.5 if mask is not None else None
         for method, arr in baselines(task, bad, level, hole).items():
             outputs[method] = arr
@@ -144,7 +153,8 @@ def evaluate_restorer(input_uri: str, work_uri: str, task: str, level: float, mo
             row[method] = {"psnr": metrics.psnr(clean, arr), "ssim": _ssim(clean, arr)}
         per_image.append(row)
         pixels += clean.shape[0] * clean.shape[1] / 1e6
-        best = max((m for m in outputs if m not in ("degraded", "aeflow")), key=lambda m: row[m]["psnr"], default=None)
+        classical = [m for m in outputs if m not in ("degraded", "aeflow", "aeflow_sigma_given")]
+        best = max(classical, key=lambda m: row[m]["psnr"], default=None)
         crops = [("clean", clean), (f"sigma {level:g}" if task == "denoise" else task, bad), ("aeflow", ours)]
         if best:
             crops.append((best, outputs[best]))

@@ -62,6 +62,8 @@ def save_model(module: torch.nn.Module, out_uri: str, training: dict | None = No
     extra = dict(extra or {})
     if module.config.kind == "codec":  # the coder's integer tables, fixed here once and for all
         extra.update(export_tables(list(module.priors)))
+        if module.hyper is not None:  # the top level's hyperprior: its tables and fixed-point h_s
+            extra.update(module.hyper.export())
     for k, v in extra.items():
         v = v.detach().cpu()
         tensors[f"extra.{k}"] = (v if not v.is_floating_point() else v.to(torch.float16)).contiguous()

@@ -25,8 +25,9 @@ from safetensors.torch import load_file, save_file
 from aeflow import degrade, images, modelstore, storage
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig, ResidualUNet, ResidualUNetConfig
 from aeflow.models.autoencoder import DEFAULT_LAMBDAS
+from aeflow.models.restorer import with_noise_map
 
-TASKS = ("codec", *degrade.TASKS)
+TASKS = ("codec", "hyperprior", *degrade.TASKS)  # hyperprior: the top level's, on a fixed --init codec
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class TrainConfig:
     init: str = ""  # model (URI or shipped name) to start from
     lmbda: tuple[float, ...] = DEFAULT_LAMBDAS  # codec: one quality level per lambda (bits + lambda*255^2*MSE)
     sigma_max: float = 50.0  # denoise: noise std drawn uniformly in [0, sigma_max] (0-255 scale)
+    noise_map: bool = False  # denoise: the model also takes the noise std as an input plane (FFDNet)
     channels: int = 64  # codec width
     latent_channels: int = 128
     width: int = 32  # restorer width
@@ -65,12 +67,15 @@ class TrainConfig:
 
 
 def new_model(cfg: TrainConfig) -> torch.nn.Module:
+    if cfg.task == "hyperprior":
+        raise ValueError("--task hyperprior trains the scale hyperprior of an existing codec: pass --init")
     if cfg.task == "codec":
         return ConvAutoencoder(ConvAutoencoderConfig(channels=cfg.channels, latent_channels=cfg.latent_channels,
                                                      lambdas=cfg.lmbda))
     if cfg.task in degrade.TASKS:
-        return ResidualUNet(ResidualUNetConfig(task=cfg.task, width=cfg.width,
-                                               in_channels=4 if cfg.task == "inpaint" else 3))
+        noise_map = cfg.noise_map and cfg.task == "denoise"
+        return ResidualUNet(ResidualUNetConfig(task=cfg.task, width=cfg.width, noise_map=noise_map,
+                                               in_channels=4 if cfg.task == "inpaint" or noise_map else 3))
     raise ValueError(f"unknown task {cfg.task!r}: one of {', '.join(TASKS)}")
 
 
@@ -81,15 +86,24 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     if not cfg.init:
         return new_model(cfg)
     config, state = modelstore.load_state(cfg.init)
+    if cfg.task == "hyperprior":  # the codec as it is, plus a hyperprior that alone learns
+        if config.get("kind") != "codec":
+            raise ValueError(f"--init {cfg.init}: a {config.get('kind')} model; --task hyperprior needs a codec")
+        model = modelstore.build_module({**config, "hyperprior": True})
+        model.load_state_dict(state, strict=False)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("hyper."))
+        return model
     if cfg.task != "codec":  # a restorer may start from another task's weights (same network)
         config = {**config, "task": cfg.task}
     saved, model = modelstore.build_module(config), new_model(cfg)
+    inputs = (saved.config.in_channels, saved.config.noise_map) if cfg.task != "codec" else None
     same = (saved.config == model.config if cfg.task == "codec"
-            else saved.config.in_channels == model.config.in_channels)
+            else inputs == (model.config.in_channels, model.config.noise_map))
     if same:
         saved.load_state_dict(state)
         return saved
-    grow_into(model, state)  # e.g. inpainting's extra mask channel on a denoiser's weights
+    grow_into(model, state)  # e.g. inpainting's mask or a noise map as an extra channel on a denoiser's weights
     return model
 
 
@@ -101,14 +115,20 @@ def grow_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         if name not in own or own[name].dim() != value.dim():
             continue
         target = own[name]
-        if name == "decoder.0.weight" and target.shape != value.shape:
-            target.zero_()
+        if name in ("decoder.0.weight", "head.0.weight") and target.shape != value.shape:
+            target.zero_()  # added latent / input channels start unused: the old model's output at first
         region = tuple(slice(0, min(a, b)) for a, b in zip(target.shape, value.shape))
         target[region] = value[region]
 
 
 def compute_loss(cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """x: clean crops (B, 3, H, W) in [0, 1] -> (loss, metrics)."""
+    if cfg.task == "hyperprior":  # the top level only, rate only: the transforms (so the distortion) are fixed
+        bare = model.module if hasattr(model, "module") else model
+        levels = torch.full((x.shape[0],), bare.levels - 1, device=x.device)
+        _, bits = model(x, levels, decode=False)
+        bpp = bits / (x.shape[-1] * x.shape[-2])
+        return bpp.mean(), {"mse": torch.zeros((), device=x.device), "bpp": bpp.mean().detach()}
     if cfg.task == "codec":
         bare = model.module if hasattr(model, "module") else model
         levels = torch.randint(0, bare.levels, (x.shape[0],), device=x.device)
@@ -120,6 +140,9 @@ def compute_loss(cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> t
         return loss, {"mse": per_image.mean().detach(), "bpp": bpp.mean().detach()}
     else:
         x, degraded = degrade.sample(cfg.task, x, sigma_max=cfg.sigma_max)
+        bare = model.module if hasattr(model, "module") else model
+        if bare.config.noise_map:  # the noise each crop really got (sensor noise included), 0-255
+            degraded = with_noise_map(degraded, (degraded - x).std(dim=(1, 2, 3)) * 255)
         out = model(degraded)
         mse = F.mse_loss(out, x)
         loss = mse
@@ -173,8 +196,10 @@ def train_epoch(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim
         step += 1
     mse = (total_mse / max(n, 1)).item()
     out = {"loss": (total / max(n, 1)).item(), "psnr": 10 * math.log10(1 / max(mse, 1e-10)), "batches": n}
-    if cfg.task == "codec":  # mean over the levels drawn: a progress signal, not a level's figure
+    if cfg.task in ("codec", "hyperprior"):  # codec: mean over the levels drawn, a progress signal
         out["bpp"] = (total_bpp / max(n, 1)).item()
+    if cfg.task == "hyperprior":  # rate only: the fixed transforms' distortion is not measured
+        del out["psnr"]
     return step, out
 
 
@@ -423,7 +448,7 @@ def train(cfg: TrainConfig, options: storage.StorageOptions = storage.StorageOpt
     t0 = time.time()
     model, metrics = _train_plain(cfg, options) if cfg.no_ray else _train_ray(cfg, options)
     extra = None
-    if cfg.task == "codec":
+    if cfg.task in ("codec", "hyperprior"):
         extra = fit_prior(model, load_photos(cfg.data, options), seed=cfg.seed)
     record = {"config": dataclasses.asdict(cfg), "final": metrics, "seconds": round(time.time() - t0, 1)}
     fp = modelstore.save_model(model, cfg.out, training=record, extra=extra, options=options)

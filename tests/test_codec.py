@@ -15,7 +15,7 @@ def _symbols(model, level: int, seed: int = 0) -> np.ndarray:
     """Symbols drawn inside each channel's table, plus a few far outside it (escapes)."""
     tables = codec.tables_of(model)
     rng = np.random.default_rng(seed)
-    q = np.stack([tables.lo[level, c] + rng.integers(0, tables.size(level, c) - 1, (5, 7))
+    q = np.stack([tables.lo[level, c] + rng.integers(0, tables.prior(level, c).size - 1, (5, 7))
                   for c in range(tables.channels)])
     q[0, 0, 0], q[3, 2, 1], q[-1, 4, 6] = 10_000, -7_777, tables.lo[level, -1] - 1
     return q

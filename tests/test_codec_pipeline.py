@@ -106,3 +106,23 @@ def test_a_16_bit_input_records_its_mode(ray_local, tmp_path, photos):
     assert cli.main(["compress", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "lat")]) == 0
     row = pq.read_table(tmp_path / "lat" / "latents-00000.parquet").to_pylist()[0]
     assert row["mode"].startswith("I") and codec.read_header(row["bitstream"])["mode"] == row["mode"]
+
+
+def test_top_level_hyperprior_saves_bytes_and_previous_codec_rows_still_decode(ray_local, tmp_path, photos):
+    """Quality 8 of the shipped codec is coded under its hyperprior (coder 4): the same symbols as the
+    previous shipped codec (whose factorized prior it kept below) in fewer bytes, the same pixels. Rows
+    that codec wrote are decoded by fingerprint, since it still ships (codec-07637277)."""
+    src = tmp_path / "in"
+    _png(src / "coffee.png", photos["coffee"])
+    rows, pixels = {}, {}
+    for name, extra in (("new", []), ("old", ["--model", "codec-07637277"])):
+        args = ["compress", "--input", str(src), "--output", str(tmp_path / name), "--quality", "8", *extra]
+        assert cli.main(args) == 0
+        rows[name] = pq.read_table(tmp_path / name / "latents-00000.parquet").to_pylist()[0]
+        assert cli.main(["decompress", "--input", str(tmp_path / name), "--output", str(tmp_path / f"{name}-out")]) == 0
+        pixels[name] = images.decode_image((tmp_path / f"{name}-out" / "coffee.png").read_bytes())[0]
+    assert codec.read_header(rows["new"]["bitstream"])["coder"] == codec.CODER_RANGE_HYPER
+    assert codec.read_header(rows["old"]["bitstream"])["coder"] == codec.CODER_RANGE_FACTORIZED
+    assert rows["new"]["model"] != rows["old"]["model"]
+    assert rows["new"]["bytes"] < rows["old"]["bytes"]
+    np.testing.assert_array_equal(pixels["new"], pixels["old"])

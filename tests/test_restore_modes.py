@@ -81,3 +81,31 @@ def test_exif_and_icc_carry_through_restore(ray_local, tmp_path, photos):
     assert out.getexif().get(0x010F) == "aeflow-test-camera"  # ...the camera's EXIF kept...
     assert out.getexif().get(0x0112, 1) == 1  # ...without an orientation that would rotate them again
     assert out.info.get("icc_profile") == icc
+
+
+def test_sigma_forces_the_noise_level_of_a_noise_map_denoiser(ray_local, tmp_path, photos, capsys):
+    """The shipped denoiser takes the noise level as an input: blind by default (the estimate is recorded
+    per image), `--sigma` forces it; a larger forced sigma smooths more. A blind model refuses --sigma."""
+    rng = np.random.default_rng(3)
+    clean = photos["astronaut"].astype(np.float64)
+    noisy = np.clip(np.round(clean + rng.normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(noisy).save(tmp_path / "in" / "a.png")
+    out = {}
+    for name, extra in (("blind", []), *((f"s{v}", ["--sigma", str(v)]) for v in (5, 25, 50))):
+        assert cli.main(["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / name), *extra]) == 0
+        out[name] = np.asarray(Image.open(tmp_path / name / "a.png")).astype(np.float64)
+        rows = pq.read_table(tmp_path / name / "_progress").to_pylist()
+        sigma = rows[0]["noise_sigma"]
+        assert (20 < sigma < 30) if name == "blind" else sigma == float(name[1:])
+    psnr = {k: 10 * np.log10(255**2 / np.mean((v - clean) ** 2)) for k, v in out.items()}
+    assert psnr["s25"] > psnr["s5"] + 1.0  # told too little noise, it leaves noise in
+    roughness = {k: np.abs(np.diff(v, axis=1)).mean() for k, v in out.items()}
+    assert roughness["s50"] < roughness["s25"] < roughness["s5"]
+
+    torch.manual_seed(0)
+    save_model(ResidualUNet(ResidualUNetConfig(width=8)), str(tmp_path / "blind-model"))
+    args = ["restore", "--model", str(tmp_path / "blind-model"), "--sigma", "25", "--input", str(tmp_path / "in"),
+            "--output", str(tmp_path / "refused")]
+    assert cli.main(args) == 2
+    assert "is blind (it takes no noise level)" in capsys.readouterr().err

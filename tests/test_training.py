@@ -73,3 +73,23 @@ def test_init_from_a_narrower_codec_grows_it_without_changing_its_output(tmp_pat
     x = torch.from_numpy(photos["chelsea"]).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         torch.testing.assert_close(grown.decode(grown.encode(x)), small.decode(small.encode(x)))
+
+
+def test_a_blind_denoiser_grows_a_noise_map_input_without_changing_its_output(tmp_path, photos):
+    """--noise-map --init <blind denoiser>: the new sigma channel starts with zero weights, so training
+    begins at the blind model's pixels, whatever sigma it is told; after growth the input has 4 channels."""
+    import torch
+
+    from aeflow.models import ResidualUNet, ResidualUNetConfig
+    from aeflow.models.restorer import with_noise_map
+    from aeflow.training import initial_model
+
+    torch.manual_seed(0)
+    modelstore.save_model(ResidualUNet(ResidualUNetConfig(width=8)), str(tmp_path / "blind"))
+    blind = modelstore.load_model(str(tmp_path / "blind")).module
+    grown = initial_model(TrainConfig(task="denoise", init=str(tmp_path / "blind"), width=8, noise_map=True))
+    assert grown.config.noise_map and grown.config.in_channels == 4
+    x = torch.from_numpy(photos["chelsea"]).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        for sigma in (0.0, 25.0, 50.0):
+            torch.testing.assert_close(grown(with_noise_map(x, sigma)), blind(x))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from aeflow.models.entropy import FactorizedPrior
+from aeflow.models.hyperprior import ScaleHyperprior
 from aeflow.models.layers import GDN, pad_to_multiple
 
 # CompressAI's lambdas for its MSE-trained quality levels 1..8 (loss = bits/pixel + lambda * 255^2 * MSE).
@@ -30,6 +31,7 @@ class ConvAutoencoderConfig:
     latent_channels: int = 128  # channels of the latent grid (one value per 16x16 pixels each)
     stride: int = 16  # total downsampling; fixed by the 4 stride-2 layers
     lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)  # one quality level per lambda, low to high
+    hyperprior: bool = False  # the top level's symbols are coded under a scale hyperprior (models/hyperprior.py)
 
     def __post_init__(self):
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
@@ -62,6 +64,7 @@ class ConvAutoencoder(nn.Module):
         self.log_gain = nn.Parameter(start.clone())
         self.log_inv_gain = nn.Parameter(-start.clone())
         self.priors = nn.ModuleList(FactorizedPrior(m) for _ in range(levels))
+        self.hyper = ScaleHyperprior(m) if config.hyperprior else None  # replaces the top level's prior
 
     @property
     def levels(self) -> int:
@@ -90,8 +93,9 @@ class ConvAutoencoder(nn.Module):
     def dequantize(self, q: torch.Tensor, level: int) -> torch.Tensor:
         return q * self._gain(self.log_inv_gain, level)
 
-    def forward(self, x: torch.Tensor, levels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training pass for one level per image -> (reconstruction, bits per image).
+    def forward(self, x: torch.Tensor, levels: torch.Tensor,
+                decode: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Training pass for one level per image -> (reconstruction, or None without decode, bits per image).
 
         Mixed quantization: the rate is measured on noisy latents (a differentiable stand-in for
         rounding, Balle 2017) while the decoder sees rounded ones with a straight-through gradient,
@@ -99,10 +103,13 @@ class ConvAutoencoder(nn.Module):
         y = self.encode(x) * self._gain(self.log_gain, levels)
         noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         rounded = y + (torch.round(y) - y).detach()
-        x_hat = self.decode(rounded * self._gain(self.log_inv_gain, levels), x.shape[-2:])
+        x_hat = self.decode(rounded * self._gain(self.log_inv_gain, levels), x.shape[-2:]) if decode else None
         bits = torch.zeros(x.shape[0], device=x.device)
         for level in levels.unique().tolist():
             idx = levels == level
+            if self.hyper is not None and level == self.levels - 1:
+                bits[idx] = self.hyper.bits(y[idx])
+                continue
             lik = self.priors[level].likelihood(noisy[idx])
             bits[idx] = -torch.log2(lik).sum(dim=(1, 2, 3))
         return x_hat, bits

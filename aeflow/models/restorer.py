@@ -18,7 +18,18 @@ class ResidualUNetConfig:
     task: str = "denoise"
     width: int = 32
     depth: int = 2  # number of stride-2 levels; the input is padded to a multiple of 2**depth
-    in_channels: int = 3  # 4 for inpainting: RGB with the holes grey, plus the mask (1 = missing)
+    in_channels: int = 3  # 4 for inpainting (RGB with the holes grey, plus the mask: 1 = missing) or a noise map
+    noise_map: bool = False  # denoise: the 4th input channel is the noise std (FFDNet), see with_noise_map
+
+
+NOISE_MAP_SCALE = 50.0  # a noise-map channel holds sigma / 50 (sigma on the 0-255 scale)
+
+
+def with_noise_map(x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """RGB (B, 3, H, W) -> (B, 4, H, W) with the noise std of each image (0-255 scale) as a constant
+    plane: a noise-map denoiser is told how strong the noise is (given by the user, or estimated)."""
+    s = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1) / NOISE_MAP_SCALE
+    return torch.cat([x, s.expand(x.shape[0], 1, *x.shape[-2:])], dim=1)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

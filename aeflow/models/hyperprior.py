@@ -1,0 +1,136 @@
+"""A hyperprior (Balle et al. 2018, with Minnen et al.'s predicted means) for the codec's top quality level.
+
+Beside the latent symbols q, the encoder sends side information z = round(h_a(y)), a grid 4x coarser,
+coded under its own factorized prior. From z both sides compute, for every symbol, an integer mean and
+the index of a discretized Gaussian (64 scales, log-spaced) whose integer table codes q - mean: where
+the image is busy the tables are wide, where it is flat they are narrow, which a single table per
+channel cannot do.
+
+Means and indices must come out the same in the encoder and in every decoder. So at export the synthesis network
+h_s is turned into integers (fixed-point weights, activations floored to 8 fractional bits) and run in
+float64 on the CPU: every product and sum is then an integer below 2**53, exact in any order, on any
+machine and thread count. Training uses the float network; the exported one is what codes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aeflow.models.entropy import TAIL_MASS, FactorizedPrior, quantize_pmf
+
+SCALES = np.exp(np.linspace(math.log(0.11), math.log(256.0), 64))  # CompressAI's scale table
+_STEP = math.log(SCALES[1] / SCALES[0])
+WEIGHT_BITS = 14  # fixed-point fraction bits of the exported weights
+ACT_BITS = 8  # fraction bits kept of each hidden activation
+_LAYERS = (("s0", True), ("s2", True), ("s4", False))  # h_s layers (name, transposed) as in the Sequential
+
+
+class ScaleHyperprior(nn.Module):
+    """h_a: latents -> z (1/4 size); h_s: z -> per latent, a scale index (in index units) and a mean."""
+
+    def __init__(self, latent_channels: int, channels: int = 64):
+        super().__init__()
+        m, n = latent_channels, channels
+        self.h_a = nn.Sequential(
+            nn.Conv2d(m, n, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(n, n, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv2d(n, n, 5, stride=2, padding=2),
+        )
+        self.h_s = nn.Sequential(
+            nn.ConvTranspose2d(n, n, 5, stride=2, padding=2, output_padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(n, n, 5, stride=2, padding=2, output_padding=1), nn.ReLU(),
+            nn.Conv2d(n, 2 * m, 3, padding=1),
+        )
+        with torch.no_grad():  # start near sigma = 1.5, mean 0
+            self.h_s[-1].bias[:m] = 24.0
+            self.h_s[-1].bias[m:] = 0.0
+        self.z_prior = FactorizedPrior(n)
+
+    def side(self, y: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, M, h, w) -> continuous side information (B, N, ceil(h/4), ceil(w/4))."""
+        h, w = y.shape[-2:]
+        return self.h_a(F.pad(y, (0, -w % 4, 0, -h % 4)))
+
+    def bits(self, y: torch.Tensor) -> torch.Tensor:
+        """Training rate of scaled latents y (B, M, h, w) (continuous): bits per image, side info included.
+        Noisy stand-ins for rounding give the likelihoods; h_s sees rounded z (straight through)."""
+        z = self.side(y)
+        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+        z_hat = z + (torch.round(z) - z).detach()
+        t, mean = self.h_s(z_hat)[..., : y.shape[-2], : y.shape[-1]].chunk(2, dim=1)
+        sigma = torch.exp(math.log(SCALES[0]) + t.clamp(0, len(SCALES) - 1) * _STEP)
+        y_noisy = (y + torch.empty_like(y).uniform_(-0.5, 0.5) - mean).abs()
+        p = _phi((0.5 - y_noisy) / sigma) - _phi((-0.5 - y_noisy) / sigma)
+        bits_y = -torch.log2(p.clamp_min(1e-9)).sum(dim=(1, 2, 3))
+        bits_z = -torch.log2(self.z_prior.likelihood(z_noisy)).sum(dim=(1, 2, 3))
+        return bits_y + bits_z
+
+    @torch.no_grad()
+    def export(self) -> dict[str, torch.Tensor]:
+        """Integer tensors that code: z's tables, the Gaussian tables, and h_s in fixed point."""
+        out = {}
+        lo, tables = self.z_prior.integer_tables()
+        out["hyper.z.lo"] = torch.from_numpy(lo)
+        out["hyper.z.offsets"], out["hyper.z.freqs"] = _flat(tables)
+        out["hyper.g.offsets"], out["hyper.g.freqs"] = _flat(gaussian_tables())
+        scale_in = 0  # fraction bits of the layer's input: z is integer, hidden activations have ACT_BITS
+        for name, _ in _LAYERS:
+            layer = self.h_s[int(name[1:])]
+            w = torch.round(layer.weight.double() * 2**WEIGHT_BITS)
+            if w.abs().max() >= 2**24:
+                raise ValueError(f"hyperprior layer {name}: weights too large for exact integer evaluation")
+            out[f"hyper.{name}.weight"] = w.to(torch.int32)
+            out[f"hyper.{name}.bias"] = torch.round(layer.bias.double() * 2 ** (WEIGHT_BITS + scale_in)).to(torch.int64)
+            scale_in = ACT_BITS
+        return out
+
+
+def _flat(tables: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tables of different lengths -> (offsets, one array of all frequencies), int32 for safetensors."""
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int32)
+    return torch.from_numpy(offsets), torch.from_numpy(np.concatenate(tables).astype(np.int32))
+
+
+def _phi(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.erfc(-(2**-0.5) * x)
+
+
+def gaussian_tables() -> list[np.ndarray]:
+    """For each scale of SCALES: integer frequencies of the values -K..K (K covering all but TAIL_MASS
+    of the mass) and an escape symbol last; the range -K..K is len(table) // 2 on each side."""
+    tables = []
+    for s in SCALES:
+        k = int(math.ceil(s * 5.0)) + 1  # Phi(-5) ~ 3e-7 < TAIL_MASS / 2
+        v = np.arange(-k, k + 1, dtype=np.float64)
+        upper = 0.5 * np.array([math.erfc(-(x + 0.5) / s / math.sqrt(2)) for x in v])
+        lower = 0.5 * np.array([math.erfc(-(x - 0.5) / s / math.sqrt(2)) for x in v])
+        pmf = upper - lower
+        tables.append(quantize_pmf(np.append(pmf, max(TAIL_MASS, 1.0 - pmf.sum()))))
+    return tables
+
+
+def scales_and_means(extra: dict[str, torch.Tensor], z: np.ndarray,
+                     shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer side information z (N, h/4, w/4) -> per latent symbol (M, h, w), the Gaussian table
+    index and the integer mean, with the exported fixed-point h_s in float64 on the CPU: exact, so
+    identical in every decoder."""
+    x = torch.from_numpy(np.asarray(z, np.float64))[None]
+    scale_in = 0
+    for name, transposed in _LAYERS:
+        w = extra[f"hyper.{name}.weight"].to(torch.float64)
+        b = extra[f"hyper.{name}.bias"].to(torch.float64)
+        if transposed:
+            x = F.conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
+        else:
+            x = F.conv2d(x, w, b, padding=1)
+        if name != _LAYERS[-1][0]:  # ReLU, then keep ACT_BITS fraction bits: floor of an exact quotient
+            x = torch.floor(x.clamp_min(0) / 2 ** (WEIGHT_BITS + scale_in - ACT_BITS))
+            scale_in = ACT_BITS
+    t, mean = (x[0, :, : shape[0], : shape[1]] / 2 ** (WEIGHT_BITS + scale_in)).chunk(2)  # exact: a power of 2
+    index = torch.floor(t + 0.5).clamp(0, len(SCALES) - 1).to(torch.int64)
+    return index.numpy(), torch.floor(mean + 0.5).to(torch.int64).numpy()
