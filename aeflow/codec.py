@@ -311,6 +311,7 @@ def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALI
     per_call = images_per_call(h, w, device)
     y = torch.cat([analyse(module, torch.from_numpy(np.stack(arrays[i:i + per_call])).to(device)
                            .permute(0, 3, 1, 2).float().div_(255.0)) for i in range(0, len(arrays), per_call)])
+    y = y.float()  # under a caller's bf16 autocast, the gains and rounding still run in fp32
     n = len(arrays)
     modes, alphas, iccs = modes or ["RGB"] * n, alphas or [None] * n, iccs or [None] * n
 

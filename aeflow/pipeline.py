@@ -184,6 +184,11 @@ class _ModelActor:
         if self.loaded is not None:
             self.loaded.module.to(self.device)
 
+    def fast_math(self):
+        """bf16 autocast on a GPU for the encoder and the restorers (not the decoder, whose pixels must
+        not depend on the device's precision); a no-op on the CPU."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
 
 class EncodeImages(_ModelActor):
     """bytes -> decode -> encoder -> bitstream rows (or error rows)."""
@@ -201,7 +206,7 @@ class EncodeImages(_ModelActor):
         for group in _by_shape(decoded).values():
             pics = [p for _, p in group]
             try:
-                with self.model_lock:
+                with self.model_lock, self.fast_math():
                     streams = codec.encode_images(
                         self.loaded, [p.rgb for p in pics], self.quality, self.target_bpp,
                         modes=[p.mode for p in pics], alphas=[p.alpha for p in pics], iccs=[p.icc for p in pics])
@@ -345,8 +350,8 @@ class RestoreImages(_WriteImages):
                 continue
             try:
                 x = torch.stack([t for _, _, t in inputs])
-                with self.model_lock:
-                    y = tiled(self.loaded.module, x.to(self.device), tile=self.tile).cpu()
+                with self.model_lock, self.fast_math():
+                    y = tiled(self.loaded.module, x.to(self.device), tile=self.tile).float().cpu()
                 if self.strength != 1.0:  # less (or, above 1, more) of the model's correction
                     y = x[:, :3] + self.strength * (y - x[:, :3])
             except Exception as e:

@@ -151,7 +151,7 @@ def compute_loss(cfg: TrainConfig, model: torch.nn.Module, x: torch.Tensor) -> t
     return loss, {"mse": mse.detach()}
 
 
-FAST_PARAMS = ("priors.", "log_gain", "log_inv_gain")  # small densities and gains: 10x the lr
+FAST_PARAMS = ("priors.", "log_gain", "log_inv_gain", "hyper.z_prior.")  # small densities and gains: 10x the lr
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:

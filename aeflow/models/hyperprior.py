@@ -1,6 +1,6 @@
 """A hyperprior (Balle et al. 2018, with Minnen et al.'s predicted means) for the codec's top quality level.
 
-Beside the latent symbols q, the encoder sends side information z = round(h_a(y)), a grid 4x coarser,
+Beside the latent symbols q, the encoder sends side information z = round(h_a(|y|)), a grid 4x coarser,
 coded under its own factorized prior. From z both sides compute, for every symbol, an integer mean and
 the index of a discretized Gaussian (64 scales, log-spaced) whose integer table codes q - mean: where
 the image is busy the tables are wide, where it is flat they are narrow, which a single table per
@@ -31,7 +31,7 @@ _LAYERS = (("s0", True), ("s2", True), ("s4", False))  # h_s layers (name, trans
 
 
 class ScaleHyperprior(nn.Module):
-    """h_a: latents -> z (1/4 size); h_s: z -> per latent, a scale index (in index units) and a mean."""
+    """h_a: |latents| -> z (1/4 size); h_s: z -> per latent, a scale index (in index units) and a mean."""
 
     def __init__(self, latent_channels: int, channels: int = 64):
         super().__init__()
@@ -46,15 +46,17 @@ class ScaleHyperprior(nn.Module):
             nn.ConvTranspose2d(n, n, 5, stride=2, padding=2, output_padding=1), nn.ReLU(),
             nn.Conv2d(n, 2 * m, 3, padding=1),
         )
-        with torch.no_grad():  # start near sigma = 1.5, mean 0
+        with torch.no_grad():  # start at sigma = 1.5 and mean 0 everywhere, and learn from there
+            self.h_s[-1].weight[m:] = 0.0
             self.h_s[-1].bias[:m] = 24.0
             self.h_s[-1].bias[m:] = 0.0
         self.z_prior = FactorizedPrior(n)
 
     def side(self, y: torch.Tensor) -> torch.Tensor:
-        """Scaled latents (B, M, h, w) -> continuous side information (B, N, ceil(h/4), ceil(w/4))."""
+        """Scaled latents (B, M, h, w) -> continuous side information (B, N, ceil(h/4), ceil(w/4)), from
+        their magnitudes (trained both ways here, |y| reached a lower rate sooner)."""
         h, w = y.shape[-2:]
-        return self.h_a(F.pad(y, (0, -w % 4, 0, -h % 4)))
+        return self.h_a(F.pad(y.abs(), (0, -w % 4, 0, -h % 4)))
 
     def bits(self, y: torch.Tensor) -> torch.Tensor:
         """Training rate of scaled latents y (B, M, h, w) (continuous): bits per image, side info included.
