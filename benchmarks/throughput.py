@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import tempfile
 import threading
 import time
@@ -28,7 +29,8 @@ import ray
 import torch
 from PIL import Image
 
-from aeflow import codec, modelstore, pipeline, storage
+from aeflow import codec, metrics, modelstore, pipeline, storage
+from aeflow.models.restorer import with_noise_map
 from aeflow.tiling import tiled
 
 
@@ -105,6 +107,8 @@ def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float
                 codec.decode_bitstream(loaded, streams[j % len(streams)])
         else:
             x = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).float().div_(255)
+            if loaded.config.get("noise_map"):  # as the restore actor does: each image's estimated noise level
+                x = with_noise_map(x, torch.tensor([metrics.noise_sigma(a) for a in group]))
             for y in tiled(model, x):  # as the restore actor calls it: images_per_call() at a time
                 codec.to_uint8(y)
     return time.time() - t0
@@ -208,6 +212,7 @@ def main() -> None:
                         "bare_split": round(split, 1), "local": round(b, 1), "s3": round(c, 1)},
             "peak_worker_rss_mb": round(max(b_rss, c_rss) / 1024),
         }
+        print(json.dumps({task: results[task]}), file=sys.stderr, flush=True)  # kept if a later task fails
     server.stop()
     print(json.dumps({
         "machine": f"{platform.machine()}, {cpus} CPUs",
