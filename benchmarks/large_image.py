@@ -22,6 +22,7 @@ def one_restore(size: str) -> dict:
     import torch
 
     from aeflow import codec, metrics, modelstore
+    from aeflow.models.restorer import with_noise_map
     from aeflow.tiling import tiled
 
     w, h = (int(v) for v in size.split("x"))
@@ -34,6 +35,8 @@ def one_restore(size: str) -> dict:
     t0 = time.time()
     with torch.inference_mode():
         x = torch.from_numpy(noisy).permute(2, 0, 1)[None].float().div_(255)
+        if loaded.config.get("noise_map"):  # as `aeflow restore` runs it: the blind noise estimate as a plane
+            x = with_noise_map(x, metrics.noise_sigma(noisy))
         out = codec.to_uint8(tiled(loaded.module, x, tile=512)[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"size": size, "megapixels": round(w * h / 1e6, 2), "peak_rss_mb": round(peak), "rss_before_mb": round(base),
