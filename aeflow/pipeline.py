@@ -712,6 +712,9 @@ def decompress(job: JobConfig) -> JobSummary:
             ["path", "width", "height", "model", "bitstream"])
         if plan.done_before:
             ds = ds.map_batches(lambda t: t.filter(pc.is_in(t["path"], value_set=todo)), batch_format="pyarrow")
+        # A latents file is one block, and a block goes to one actor: cut it into batch-sized blocks so
+        # that every actor of the pool gets work (streaming, no shuffle).
+        ds = ds.repartition(target_num_rows_per_block=job.batch_size)
         ds = ds.map_batches(
             DecodeLatents, fn_constructor_args=(job.model, job.storage, threads, job.gpus, job.output, job.format,
                                                 _collisions(keys, _ext(job.format))),
