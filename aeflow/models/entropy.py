@@ -91,6 +91,12 @@ def quantize_pmf(pmf: np.ndarray, bits: int = TABLE_BITS) -> np.ndarray:
     return counts.astype(np.int32)
 
 
+def flatten_tables(tables: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tables of different lengths -> (offsets, one array of all frequencies), int32 for safetensors."""
+    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int32)
+    return torch.from_numpy(offsets), torch.from_numpy(np.concatenate(tables).astype(np.int32))
+
+
 def export_tables(priors: list[FactorizedPrior]) -> dict[str, torch.Tensor]:
     """Integer tables of every level's prior, flattened for safetensors: coder.lo (levels, channels),
     coder.offsets (levels * channels + 1) into coder.freqs."""
@@ -99,6 +105,5 @@ def export_tables(priors: list[FactorizedPrior]) -> dict[str, torch.Tensor]:
         lo, tables = prior.integer_tables()
         los.append(lo)
         freqs.extend(tables)
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in freqs])]).astype(np.int32)
-    return {"coder.lo": torch.from_numpy(np.stack(los)), "coder.offsets": torch.from_numpy(offsets),
-            "coder.freqs": torch.from_numpy(np.concatenate(freqs))}
+    offsets, flat = flatten_tables(freqs)
+    return {"coder.lo": torch.from_numpy(np.stack(los)), "coder.offsets": offsets, "coder.freqs": flat}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aeflow.models.entropy import TAIL_MASS, FactorizedPrior, quantize_pmf
+from aeflow.models.entropy import TAIL_MASS, FactorizedPrior, flatten_tables, quantize_pmf
 
 SCALES = np.exp(np.linspace(math.log(0.11), math.log(256.0), 64))  # CompressAI's scale table
 _STEP = math.log(SCALES[1] / SCALES[0])
@@ -78,8 +78,8 @@ class ScaleHyperprior(nn.Module):
         out = {}
         lo, tables = self.z_prior.integer_tables()
         out["hyper.z.lo"] = torch.from_numpy(lo)
-        out["hyper.z.offsets"], out["hyper.z.freqs"] = _flat(tables)
-        out["hyper.g.offsets"], out["hyper.g.freqs"] = _flat(gaussian_tables())
+        out["hyper.z.offsets"], out["hyper.z.freqs"] = flatten_tables(tables)
+        out["hyper.g.offsets"], out["hyper.g.freqs"] = flatten_tables(gaussian_tables())
         scale_in = 0  # fraction bits of the layer's input: z is integer, hidden activations have ACT_BITS
         for name, _ in _LAYERS:
             layer = self.h_s[int(name[1:])]
@@ -90,12 +90,6 @@ class ScaleHyperprior(nn.Module):
             out[f"hyper.{name}.bias"] = torch.round(layer.bias.double() * 2 ** (WEIGHT_BITS + scale_in)).to(torch.int64)
             scale_in = ACT_BITS
         return out
-
-
-def _flat(tables: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tables of different lengths -> (offsets, one array of all frequencies), int32 for safetensors."""
-    offsets = np.concatenate([[0], np.cumsum([len(t) for t in tables])]).astype(np.int32)
-    return torch.from_numpy(offsets), torch.from_numpy(np.concatenate(tables).astype(np.int32))
 
 
 def _phi(x: torch.Tensor) -> torch.Tensor:
