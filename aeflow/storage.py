@@ -97,6 +97,13 @@ def output_key(rel: str, new_ext: str | None) -> str:
     return rel
 
 
+def read_files(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes | Exception]:
+    """The bytes of each path, or the exception reading it raised: one missing or unreadable object
+    does not fail the others. Keys are taken literally (no globbing); on S3 it is one GET per object,
+    a batch's objects fetched at once (s3fs), retried as the filesystem is configured."""
+    return fs.cat_ranges(list(paths), None, None, on_error="return")
+
+
 def join(root: str, rel: str) -> str:
     return root.rstrip("/") + "/" + rel
 

@@ -7,8 +7,13 @@ for compress, decompress and restore over the same real photos; the ratios (b)/(
 RSS of the driver and of Ray workers. Prints JSON.
 
 The photos are written as JPEG (quality 95, as archives hold them) or, with --input-format png, as PNG.
+The moto S3 server runs in a process of its own (as an S3 endpoint would: not sharing the driver's GIL),
+on the same two cores. Before the timed jobs a 4-image compress starts Ray Data's own per-cluster actors
+(stats, autoscaling coordinator), which a long-lived cluster already has; every timed job still starts
+its own model actors (their start-up is in its time).
 
-Usage: python benchmarks/throughput.py [--images 1200] [--size 512x384] [--tasks compress,decompress,restore]
+Usage: python benchmarks/throughput.py [--images 2400] [--decompress-images 1200] [--restore-images 300]
+       [--size 512x384] [--tasks compress,decompress,restore]
 """
 
 from __future__ import annotations
@@ -140,8 +145,9 @@ def bare_split(task: str, arrays: list[np.ndarray], batch: int, procs: int) -> f
 
 
 def run_job(task: str, src: str, work: str, batch: int, listing: str = "") -> tuple[float, int]:
-    """Seconds of one pipeline run (Ray already up) and the peak worker RSS in kB."""
-    job = {"compress": (src, f"{work}/latents"), "decompress": (f"{work}/latents", f"{work}/decoded"),
+    """Seconds of one pipeline run (Ray already up) and the peak worker RSS in kB. Decompress reads
+    <work>/latents-sub (see subset_latents)."""
+    job = {"compress": (src, f"{work}/latents"), "decompress": (f"{work}/latents-sub", f"{work}/decoded"),
            "restore": (src, f"{work}/restored")}[task]
     cfg = pipeline.JobConfig(input=job[0], output=job[1], batch_size=batch, resume=False, listing=listing)
     with WorkerRSS() as rss:
@@ -150,13 +156,40 @@ def run_job(task: str, src: str, work: str, batch: int, listing: str = "") -> tu
         return time.time() - t0, rss.peak_kb
 
 
+def subset_latents(work: str, n: int) -> None:
+    """<work>/latents-sub/latents-00000.parquet: the first n rows of compress's latents (sorted by key)."""
+    import pyarrow.parquet as pq
+
+    fs, root = storage.filesystem(work)
+    arrow_fs = storage.arrow_filesystem(fs)
+    files = pipeline.latents_files(fs, storage.join(root, "latents"))
+    table = pq.read_table(files, filesystem=arrow_fs).sort_by("path").slice(0, n)
+    fs.makedirs(storage.join(root, "latents-sub"), exist_ok=True)
+    with fs.open(storage.join(root, "latents-sub/latents-00000.parquet"), "wb") as f:
+        pq.write_table(table, f)
+
+
+def _serve_s3(port: int, stop) -> None:
+    """The moto S3 server, in a process of its own until `stop` is set."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    stop.wait()
+    server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--images", type=int, default=1200)  # >= 60 s of bare compress work here
+    parser.add_argument("--images", type=int, default=2400)  # >= 60 s of bare compress work here
     parser.add_argument("--size", default="512x384")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tasks", default="compress,decompress,restore")  # decompress reads compress's output
     parser.add_argument("--restore-images", type=int, default=300)  # the first N: >= 60 s of restore work
+    parser.add_argument("--decompress-images", type=int, default=1200)  # the first N: >= 60 s of decode work
     parser.add_argument("--input-format", default="jpg", choices=["jpg", "png"])
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
@@ -173,30 +206,45 @@ def main() -> None:
     if args.input_format == "jpg":  # the bare model sees the pixels the pipeline decodes
         arrays = [np.asarray(Image.open(f"{src}/{i:05d}.jpg").convert("RGB")) for i in range(len(arrays))]
 
-    from moto.server import ThreadedMotoServer
+    import multiprocessing as mp
 
     port = 24000 + os.getpid() % 5000
     os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
                        "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"})
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    stop_s3 = mp.get_context("spawn").Event()
+    server = mp.get_context("spawn").Process(target=_serve_s3, args=(port, stop_s3), daemon=True)
     server.start()
     fs, _ = storage.filesystem("s3://bench")
-    fs.mkdir("bench")
+    for _ in range(100):  # until the server answers
+        try:
+            fs.mkdir("bench")
+            break
+        except OSError:
+            time.sleep(0.2)
     fs.put(src, "bench/photos", recursive=True)
 
     cpus = os.cpu_count()
     ray.init(num_cpus=cpus, logging_level="error", log_to_driver=False)
     opts, threads = pipeline._pool(pipeline.JobConfig(input="", output=""))
     actors, all_threads = opts["compute"].min_size, opts["compute"].min_size * threads
+    warm = f"{tmp}/warmup.txt"
+    Path(warm).write_text("\n".join(sorted(os.listdir(src))[:4]) + "\n")
+    t0 = time.time()
+    pipeline.compress(pipeline.JobConfig(input=src, output=f"{tmp}/warmup", listing=warm))
+    warmup_s = time.time() - t0
     results = {}
     for task in args.tasks.split(","):
-        n = min(args.restore_images, args.images) if task == "restore" else args.images
+        n = {"restore": args.restore_images, "decompress": args.decompress_images}.get(task, args.images)
+        n = min(n, args.images)
         mpix = n * w * h / 1e6
         a = bare(task, arrays[:n], args.batch_size, all_threads)
         listing = ""
         if n < args.images:  # the pipeline reads a listing of the first n photos
             listing = f"{tmp}/listing-{n}.txt"
             Path(listing).write_text("\n".join(sorted(os.listdir(src))[:n]) + "\n")
+        if task == "decompress":
+            subset_latents(f"{tmp}/local", n)
+            subset_latents("s3://bench/out", n)
         b, b_rss = run_job(task, src, f"{tmp}/local", args.batch_size, listing)
         c, c_rss = run_job(task, "s3://bench/photos", "s3://bench/out", args.batch_size, listing)
         a2 = bare(task, arrays[:n], args.batch_size, all_threads)  # again: this machine's speed drifts
@@ -213,12 +261,13 @@ def main() -> None:
             "peak_worker_rss_mb": round(max(b_rss, c_rss) / 1024),
         }
         print(json.dumps({task: results[task]}), file=sys.stderr, flush=True)  # kept if a later task fails
-    server.stop()
+    stop_s3.set()
+    server.join()
     print(json.dumps({
         "machine": f"{platform.machine()}, {cpus} CPUs",
         "pipeline": f"{actors} model actors x {threads} torch threads",
         "bare": f"one process, {all_threads} torch threads; bare_split: {actors} processes x {threads} thread",
-        "images": args.images, "size": args.size, "input_format": args.input_format, "megapixels": round(mpix, 2),
+        "warmup_job_s": round(warmup_s, 1), "images": args.images, "size": args.size, "input_format": args.input_format, "megapixels": round(mpix, 2),
         "peak_driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "tasks": results,
     }, indent=1))

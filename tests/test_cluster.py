@@ -43,6 +43,8 @@ def test_ray_job_submit_compress(tmp_path, photos):
     head = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
+         # its own agent port: a session Ray of other tests (ray_local) holds the default 52365
+         f"--dashboard-agent-listen-port={free_port()}",
          f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -141,3 +141,17 @@ def test_a_listing_file_replaces_listing_the_prefix(ray_local, tmp_path, photos)
     again = pipeline.compress(pipeline.JobConfig(input=str(src), output=str(tmp_path / "a"),
                                                  listing=str(tmp_path / "a" / "_listing.parquet")))
     assert (again.done_before, again.written) == (3, 0)  # the saved listing keeps sizes and tags: resume works
+
+    # A listed key that is gone by the time it is read is one "read" error naming it; a key with glob
+    # characters is read literally.
+    (src / "coffee.png").rename(src / "coffee [1].png")
+    (tmp_path / "keys2.txt").write_text("coffee [1].png\ngone.png\nchelsea.png\n")
+    with pytest.raises(pipeline.JobFailed) as failed:
+        pipeline.compress(pipeline.JobConfig(input=str(src), output=str(tmp_path / "c"), max_errors=0,
+                                             listing=str(tmp_path / "keys2.txt")))
+    s = failed.value.summary
+    assert (s.inputs, s.written, s.failed) == (3, 2, 1)
+    assert s.errors[0]["path"] == "gone.png" and s.errors[0]["stage"] == "read"
+    assert "FileNotFoundError" in s.errors[0]["error"] and "gone.png" in s.errors[0]["error"]
+    written = pq.read_table(tmp_path / "c" / "latents-00000.parquet").column("path").to_pylist()
+    assert sorted(written) == ["chelsea.png", "coffee [1].png"]
