@@ -156,6 +156,12 @@ def run_job(task: str, src: str, work: str, batch: int, listing: str = "") -> tu
         return time.time() - t0, rss.peak_kb
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def subset_latents(work: str, n: int) -> None:
     """<work>/latents-sub/latents-00000.parquet: the first n rows of compress's latents (sorted by key)."""
     import pyarrow.parquet as pq
@@ -246,7 +252,9 @@ def main() -> None:
             subset_latents(f"{tmp}/local", n)
             subset_latents("s3://bench/out", n)
         b, b_rss = run_job(task, src, f"{tmp}/local", args.batch_size, listing)
+        server_cpu = cpu_seconds(server.pid)
         c, c_rss = run_job(task, "s3://bench/photos", "s3://bench/out", args.batch_size, listing)
+        server_cpu = cpu_seconds(server.pid) - server_cpu  # the S3 server's share of the two cores
         a2 = bare(task, arrays[:n], args.batch_size, all_threads)  # again: this machine's speed drifts
         a_runs, a = (a, a2), (a + a2) / 2
         split = bare_split(task, arrays[:n], args.batch_size, actors) if actors > 1 else a
@@ -259,6 +267,7 @@ def main() -> None:
             "seconds": {"bare": round(a, 1), "bare_before_after": [round(v, 1) for v in a_runs],
                         "bare_split": round(split, 1), "local": round(b, 1), "s3": round(c, 1)},
             "peak_worker_rss_mb": round(max(b_rss, c_rss) / 1024),
+            "s3_server_cpu_s": round(server_cpu, 1),  # moto's CPU seconds during the S3 job (same cores)
         }
         print(json.dumps({task: results[task]}), file=sys.stderr, flush=True)  # kept if a later task fails
     stop_s3.set()
@@ -267,7 +276,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {cpus} CPUs",
         "pipeline": f"{actors} model actors x {threads} torch threads",
         "bare": f"one process, {all_threads} torch threads; bare_split: {actors} processes x {threads} thread",
-        "warmup_job_s": round(warmup_s, 1), "images": args.images, "size": args.size, "input_format": args.input_format, "megapixels": round(mpix, 2),
+        "warmup_job_s": round(warmup_s, 1), "images": args.images, "size": args.size, "input_format": args.input_format, "megapixels": round(args.images * w * h / 1e6, 2),
+        # this process: the aeflow driver, but also every photo in memory for the bare runs (see flat_memory.py)
         "peak_driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "tasks": results,
     }, indent=1))
