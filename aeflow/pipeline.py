@@ -9,8 +9,10 @@ accounts for every input exactly once.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
+import os
 import posixpath
 import threading
 import time
@@ -58,6 +60,7 @@ PROGRESS_SCHEMA = pa.schema([("path", pa.string()), ("output", pa.string()), ("n
                              *_LEDGER_FIELDS])
 ERRORS_SCHEMA = pa.schema([("path", pa.string()), ("stage", pa.string()), ("error", pa.string())])
 ROWS_PER_FILE = 100_000
+TRIM_SECONDS = 10.0  # an actor gives freed heap memory back to the OS at most this often (bound_memory)
 
 # Ray Data counts an operator's inputs when it plans the job, before the streaming repartition (_keys,
 # decompress) cuts the one block of keys or latents into batch-sized blocks; its warning that the pool
@@ -127,6 +130,23 @@ class JobFailed(RuntimeError):
         self.summary = summary
 
 
+def _rss_mb() -> float:
+    """This process's resident memory in MB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return 0.0
+
+
+def _malloc_trim() -> None:
+    """Give the C heap's free memory back to the OS (glibc); a no-op where there is no glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 # --- shared by the actors ------------------------------------------------------------------------
 
 def _error(path: str, stage: str, exc: BaseException | str) -> dict:
@@ -188,12 +208,27 @@ class _ModelActor:
 
     def __init__(self, model: str, options: storage.StorageOptions, threads: int, gpus: float):
         self.model_lock = threading.Lock()
+        self.rss_ceiling, self.last_trim = 0.0, 0.0  # set after the first batch: see bound_memory
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
         self.options = options
         self.loaded = modelstore.load_model(model, options) if model else None
         if self.loaded is not None:
             self.loaded.module.to(self.device)
+
+    def bound_memory(self) -> None:
+        """Keep a long job's actor near its size after the first batch. glibc keeps the memory that
+        large tensors free in its heaps, fragmented, so without this an actor grows with the number of
+        images (restore, largest worker: 904 MB after 100 images, 1164 MB after 1000); malloc_trim
+        hands it back. At most every TRIM_SECONDS: the memory handed back is faulted in again by the
+        next batches, which costs a little each time (compress trimmed after half its batches when
+        trims were not spaced)."""
+        rss, now = _rss_mb(), time.monotonic()
+        if not self.rss_ceiling:
+            self.rss_ceiling, self.last_trim = 1.05 * rss, now
+        elif rss > self.rss_ceiling and now - self.last_trim >= TRIM_SECONDS:
+            _malloc_trim()
+            self.last_trim = now
 
     def fast_math(self):
         """bf16 autocast on a GPU for the encoder and the restorers (not the decoder, whose pixels must
@@ -232,6 +267,7 @@ class EncodeImages(_ModelActor):
                 rows[i].update(model=fp, quality=head["level"], format_version=codec.FORMAT_VERSION,
                                aeflow_version=aeflow.__version__, crc32=head["crc32"],
                                bitstream=bits, bytes=len(bits), bpp=8.0 * len(bits) / (w * h))
+        self.bound_memory()
         return _rows_table(rows, _ENCODED_SCHEMA)
 
 
@@ -305,6 +341,7 @@ class DecodeLatents(_WriteImages):
                 rows.append(self.write(key, out, pic.rgb, pic.alpha, pic.icc))
             except Exception as e:
                 rows.append(_error(key, "write", e))
+        self.bound_memory()
         return _rows_table(rows, STATUS_SCHEMA)
 
 
@@ -380,6 +417,7 @@ class RestoreImages(_WriteImages):
                     rows[i]["noise_sigma"] = sigma
                 except Exception as e:
                     rows[i] = _error(rows[i]["path"], "write", e)
+        self.bound_memory()
         return _rows_table(rows, STATUS_SCHEMA)
 
 
@@ -407,6 +445,7 @@ class GenerateImages(_WriteImages):
                 rows.append(self.write(key, self.out_key(key), arr))
             except Exception as e:
                 rows.append(_error(key, "write", e))
+        self.bound_memory()
         return _rows_table(rows, STATUS_SCHEMA)
 
 
