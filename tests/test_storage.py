@@ -45,3 +45,17 @@ def test_decompress_refuses_an_unsafe_key_in_the_latents_as_a_key_error(ray_loca
     errors = pq.read_table(tmp_path / "out" / "x" / "errors.parquet").to_pylist()
     assert [(e["path"], e["stage"]) for e in errors] == [("../escape.png", "key")]
     assert not (tmp_path / "out" / "escape.png").exists()
+
+
+def test_s3_batch_read_takes_keys_literally_and_names_a_missing_one(s3, s3_server):
+    """The actors' S3 reads (PyArrow's client, a batch at once): exact bytes in key order, glob
+    characters taken literally, a missing key one error naming it that loses none of the others."""
+    blobs = {f"photos/in/{name}": bytes([i]) * (1000 + i) for i, name in enumerate(["a [1].png", "b*.jpg", "c.png"])}
+    for key, data in blobs.items():
+        s3.pipe(key, data)
+    fs, _ = storage.filesystem("s3://photos", storage.StorageOptions(endpoint_url=s3_server.url))
+    keys = ["photos/in/b*.jpg", "photos/in/gone.png", "photos/in/a [1].png", "photos/in/c.png"]
+    got = storage.read_files(fs, keys)
+    assert storage._native(fs) is not None  # the native client, not s3fs, answered
+    assert [got[0], got[2], got[3]] == [blobs[keys[0]], blobs[keys[2]], blobs[keys[3]]]
+    assert isinstance(got[1], FileNotFoundError) and "photos/in/gone.png" in str(got[1])
