@@ -613,7 +613,10 @@ def _drain(plan: _Plan, ds, t0: float) -> JobSummary:
     written: set[str] = set()
     duplicates = 0
     batches = ds.iter_batches(batch_format="pyarrow", batch_size=None) if ds is not None else []
+    first_result_s = None  # the job's start-up: listing, planning, model actors' processes and imports
     for batch in batches:
+        if first_result_s is None:
+            first_result_s = round(time.time() - t0, 3)
         ok = pc.is_null(batch["error"])
         errors.extend(batch.filter(pc.invert(ok)).select(ERRORS_SCHEMA.names).to_pylist())
         good = batch.filter(ok)
@@ -640,7 +643,7 @@ def _drain(plan: _Plan, ds, t0: float) -> JobSummary:
         "job": plan.name, "aeflow_version": aeflow.__version__, "input": job.input, "output": job.output,
         "models": plan.models, "settings": plan.settings, "config": config, "counts": counts,
         "errors_by_stage": dict(Counter(e["stage"] for e in errors)),
-        "skipped_sample": plan.skipped[:100], "seconds": round(seconds, 3),
+        "skipped_sample": plan.skipped[:100], "seconds": round(seconds, 3), "first_result_seconds": first_result_s,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     storage.write_bytes(out_fs, storage.join(out_root, "manifest.json"), json.dumps(manifest, indent=1).encode())

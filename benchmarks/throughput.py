@@ -4,7 +4,8 @@ same from a moto S3 server on loopback (the bare model runs before and after the
 is used: this VM's speed drifts); also the bare model split over one single-threaded process per
 actor (bare_split, the stricter baseline: the pipeline's own layout),
 for compress, decompress and restore over the same real photos; the ratios (b)/(a), (c)/(a); peak
-RSS of the driver and of Ray workers. Prints JSON.
+RSS of the driver and of Ray workers; each job's start-up (seconds to its first result batch, from its
+manifest) and the ratios after it. Prints JSON.
 
 The photos are written as JPEG (quality 95, as archives hold them) or, with --input-format png, as PNG.
 The moto S3 server runs in a process of its own (as an S3 endpoint would: not sharing the driver's GIL),
@@ -144,16 +145,17 @@ def bare_split(task: str, arrays: list[np.ndarray], batch: int, procs: int) -> f
     return seconds
 
 
-def run_job(task: str, src: str, work: str, batch: int, listing: str = "") -> tuple[float, int]:
-    """Seconds of one pipeline run (Ray already up) and the peak worker RSS in kB. Decompress reads
-    <work>/latents-sub (see subset_latents)."""
+def run_job(task: str, src: str, work: str, batch: int, listing: str = "") -> tuple[float, int, float]:
+    """Seconds of one pipeline run (Ray already up), the peak worker RSS in kB and the seconds until the
+    first batch of results reached the driver (the job's start-up). Decompress reads <work>/latents-sub
+    (see subset_latents)."""
     job = {"compress": (src, f"{work}/latents"), "decompress": (f"{work}/latents-sub", f"{work}/decoded"),
            "restore": (src, f"{work}/restored")}[task]
     cfg = pipeline.JobConfig(input=job[0], output=job[1], batch_size=batch, resume=False, listing=listing)
     with WorkerRSS() as rss:
         t0 = time.time()
-        getattr(pipeline, task)(cfg)
-        return time.time() - t0, rss.peak_kb
+        summary = getattr(pipeline, task)(cfg)
+        return time.time() - t0, rss.peak_kb, summary.manifest["first_result_seconds"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -251,9 +253,9 @@ def main() -> None:
         if task == "decompress":
             subset_latents(f"{tmp}/local", n)
             subset_latents("s3://bench/out", n)
-        b, b_rss = run_job(task, src, f"{tmp}/local", args.batch_size, listing)
+        b, b_rss, b_first = run_job(task, src, f"{tmp}/local", args.batch_size, listing)
         server_cpu = cpu_seconds(server.pid)
-        c, c_rss = run_job(task, "s3://bench/photos", "s3://bench/out", args.batch_size, listing)
+        c, c_rss, c_first = run_job(task, "s3://bench/photos", "s3://bench/out", args.batch_size, listing)
         server_cpu = cpu_seconds(server.pid) - server_cpu  # the S3 server's share of the two cores
         a2 = bare(task, arrays[:n], args.batch_size, all_threads)  # again: this machine's speed drifts
         a_runs, a = (a, a2), (a + a2) / 2
@@ -264,6 +266,12 @@ def main() -> None:
             "local_over_bare": round(a / b, 3), "s3_over_bare": round(a / c, 3),
             "bare_split_mpix_s": round(mpix / split, 3),
             "local_over_bare_split": round(split / b, 3), "s3_over_bare_split": round(split / c, 3),
+            # After start-up (what a long job converges to): the time after the first result batch against
+            # the bare model's time for the images left after every actor's first batch (conservative: the
+            # other actors' first batches, counted as done, partly run after it)
+            "local_over_bare_after_start": round(a * (n - actors * args.batch_size) / n / (b - b_first), 3),
+            "s3_over_bare_after_start": round(a * (n - actors * args.batch_size) / n / (c - c_first), 3),
+            "first_result_s": {"local": round(b_first, 1), "s3": round(c_first, 1)},
             "seconds": {"bare": round(a, 1), "bare_before_after": [round(v, 1) for v in a_runs],
                         "bare_split": round(split, 1), "local": round(b, 1), "s3": round(c, 1)},
             "peak_worker_rss_mb": round(max(b_rss, c_rss) / 1024),

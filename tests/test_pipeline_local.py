@@ -58,6 +58,7 @@ def test_bad_inputs_are_recorded_and_good_ones_all_written(ray_local, mixed_inpu
     assert manifest["counts"] == {"inputs": 5, "done_before": 0, "written": 3, "failed": 2, "skipped": 1,
                                   "duplicates_dropped": 0, "unaccounted": 0}
     assert manifest["skipped_sample"] == ["README.txt"]
+    assert 0 < manifest["first_result_seconds"] <= manifest["seconds"]  # the job's start-up, apart
 
     dec = tmp_path / "decoded"
     footer_readers_before = _footer_readers()

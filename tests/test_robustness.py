@@ -76,6 +76,7 @@ def test_rerun_skips_finished_work_and_redoes_changed_inputs(ray_local, tmp_path
 
     again = pipeline.compress(job)
     assert (again.written, again.done_before) == (0, 3)
+    assert again.manifest["first_result_seconds"] is None  # nothing to do: no model actor was started
 
     Image.fromarray(photos["coffee"][::-1].copy()).save(src / "coffee.png")  # a changed input
     Image.fromarray(photos["chelsea"]).save(src / "new.png")  # a new one
