@@ -260,6 +260,7 @@ def main() -> None:
         a2 = bare(task, arrays[:n], args.batch_size, all_threads)  # again: this machine's speed drifts
         a_runs, a = (a, a2), (a + a2) / 2
         split = bare_split(task, arrays[:n], args.batch_size, actors) if actors > 1 else a
+        left = (n - actors * args.batch_size) / n  # the share of images after every actor's first batch
         results[task] = {
             "images": n, "megapixels": round(mpix, 2),
             "bare_mpix_s": round(mpix / a, 3), "local_mpix_s": round(mpix / b, 3), "s3_mpix_s": round(mpix / c, 3),
@@ -269,8 +270,8 @@ def main() -> None:
             # After start-up (what a long job converges to): the time after the first result batch against
             # the bare model's time for the images left after every actor's first batch (conservative: the
             # other actors' first batches, counted as done, partly run after it)
-            "local_over_bare_after_start": round(a * (n - actors * args.batch_size) / n / (b - b_first), 3),
-            "s3_over_bare_after_start": round(a * (n - actors * args.batch_size) / n / (c - c_first), 3),
+            "local_over_bare_after_start": round(a * left / (b - b_first), 3),
+            "s3_over_bare_after_start": round(a * left / (c - c_first), 3),
             "first_result_s": {"local": round(b_first, 1), "s3": round(c_first, 1)},
             "seconds": {"bare": round(a, 1), "bare_before_after": [round(v, 1) for v in a_runs],
                         "bare_split": round(split, 1), "local": round(b, 1), "s3": round(c, 1)},

@@ -25,7 +25,8 @@ def main(src: str, out: str, temp_dir: str) -> None:
                 break
             time.sleep(0.5)
         print(json.dumps({"nodes": len(ray.nodes()), "written": summary.written, "failed": summary.failed,
-                          "actor_nodes": sorted({a.node_id for a in actors if a.node_id}), "actors": [(a.state, (a.node_id or "")[:6], a.pid) for a in actors]}))
+                          "actor_nodes": sorted({a.node_id for a in actors if a.node_id}),
+                          "actors": [(a.state, (a.node_id or "")[:6], a.pid) for a in actors]}))
     finally:
         ray.shutdown()
         cluster.shutdown()
