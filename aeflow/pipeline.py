@@ -823,9 +823,9 @@ def restore(job: JobConfig) -> JobSummary:
         ds = _keys(plan.todo, job.batch_size).map_batches(
             RestoreImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, job.format,
                                                 _collisions(list(identity), _ext(job.format))),
-            fn_constructor_kwargs={"source": job.input, "base": base, "tile": job.tile, "strength": job.strength, "sigma": job.sigma},
-            batch_size=job.batch_size, batch_format="numpy",
-            **opts)
+            fn_constructor_kwargs={"source": job.input, "base": base, "tile": job.tile, "strength": job.strength,
+                                   "sigma": job.sigma},
+            batch_size=job.batch_size, batch_format="numpy", **opts)
     return _drain(plan, ds, t0)
 
 

@@ -285,7 +285,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {cpus} CPUs",
         "pipeline": f"{actors} model actors x {threads} torch threads",
         "bare": f"one process, {all_threads} torch threads; bare_split: {actors} processes x {threads} thread",
-        "warmup_job_s": round(warmup_s, 1), "images": args.images, "size": args.size, "input_format": args.input_format, "megapixels": round(args.images * w * h / 1e6, 2),
+        "warmup_job_s": round(warmup_s, 1), "images": args.images, "size": args.size,
+        "input_format": args.input_format, "megapixels": round(args.images * w * h / 1e6, 2),
         # this process: the aeflow driver, but also every photo in memory for the bare runs (see flat_memory.py)
         "peak_driver_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "tasks": results,
