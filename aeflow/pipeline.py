@@ -441,7 +441,7 @@ class GenerateImages(_WriteImages):
             z = torch.randn(extra["prior_basis"].shape[0], generator=g)
             y = (extra["prior_mean"] + z @ extra["prior_basis"]).view(1, *shape)
             with self.model_lock:
-                arr = codec.to_uint8(self.loaded.module.decode(y, (size, size))[0])
+                arr = codec.to_uint8(codec.synthesise(self.loaded.module, y, (size, size))[0])
             try:
                 rows.append(self.write(key, self.out_key(key), arr))
             except Exception as e:

@@ -44,8 +44,10 @@ def _ramp(n: int, overlap: int, device: torch.device) -> torch.Tensor:
 def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int = 512,
           overlap: int = 48, align: int = 4) -> torch.Tensor:
     """Apply fn (N, C, h, w) -> (N, C', h, w) over x in overlapping tiles of at most tile x tile and
-    blend them; an image that fits one tile is passed through whole (identical to fn(x)). Images go
-    through fn images_per_call() at a time."""
+    blend them; an image that fits one tile is passed through whole (one call of fn). Images go
+    through fn images_per_call() at a time, channels-last (the restoration U-Net ran 565-570 ms per 512x384
+    image on one CPU thread so, 732-746 ms in the default layout; benchmarks/RESULTS.md)."""
+    x = x.contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
     per_call = images_per_call(h, w, x.device)
     if n > per_call:

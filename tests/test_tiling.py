@@ -10,6 +10,7 @@ def _restore(model, arr, tile=None):
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
     if model.config.noise_map:  # the shipped denoiser also takes the noise level
         x = with_noise_map(x, 25.0)
+    x = x.contiguous(memory_format=torch.channels_last)  # the layout tiled() runs models in
     y = model(x) if tile is None else tiled(model, x, tile=tile)
     return y[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
 
