@@ -751,10 +751,10 @@ def _parquet_reader():
     RAY_DATA_USE_DATASOURCE_V2 wins. read_parquet reads the setting when called: it is scoped to the call."""
     import ray.data
 
-    ctx = ray.data.DataContext.get_current()
     if "RAY_DATA_USE_DATASOURCE_V2" in os.environ:
         yield
         return
+    ctx = ray.data.DataContext.get_current()
     before, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
     try:
         yield
