@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 import torch
 
 import aeflow
-from aeflow import codec, degrade, images, metrics, modelstore, storage
+from aeflow import codec, degrade, images, metrics, modelstore, resources, storage
 from aeflow.models.restorer import with_noise_map
 from aeflow.tiling import tiled
 
@@ -460,18 +460,18 @@ def _init_ray() -> None:
 
 
 def _pool(job: JobConfig) -> tuple[dict, int]:
-    """Actor pool options and torch threads per actor, sized to the cluster so that reads always keep a
-    CPU (RAY-NOTES: deadlock)."""
+    """Actor pool options and torch threads per actor, sized to the cluster so that Ray Data's tasks always
+    keep a CPU (aeflow.resources)."""
     import ray
 
-    resources = ray.cluster_resources()
-    cpus = resources.get("CPU", 1)
+    cluster = ray.cluster_resources()
+    cpus = cluster.get("CPU", 1)
     if job.gpus > 0:
-        size = job.concurrency or max(1, int(resources.get("GPU", 0) / job.gpus))
+        size = job.concurrency or max(1, int(cluster.get("GPU", 0) / job.gpus))
         per_cpu = 1.0
     else:  # one single-threaded actor per CPU: on CPU, processes beat intra-op threads (benchmarks/RESULTS.md)
         size = job.concurrency or max(1, int(cpus))
-        per_cpu = min(1.0, max(0.25, (cpus - 1) / size))  # fractional, so a read task always finds a CPU
+        per_cpu = resources.cpu_per_actor(cpus, resources.cpu_nodes(), size)
     threads = job.threads or max(1, int(cpus // size))
     # Two calls per actor at once, the model used by one at a time (_ModelActor.model_lock): image files
     # are decoded, encoded and written while the other call's batch is in the model.

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from aeflow import degrade, images, modelstore, storage
+from aeflow import degrade, images, modelstore, resources, storage
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig, ResidualUNet, ResidualUNetConfig
 from aeflow.models.autoencoder import DEFAULT_LAMBDAS
 from aeflow.models.restorer import with_noise_map
@@ -340,7 +340,9 @@ def _train_ray(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[torch
     if not ray.is_initialized():
         ray.init()
     total_cpus = ray.cluster_resources().get("CPU", 1)
-    per_worker = 1.0 if cfg.use_gpu else min(1.0, max(0.25, (total_cpus - 1) / cfg.workers))
+    # a placement group refuses an all-zero bundle: hence the floor on a 1-CPU machine
+    per_worker = 1.0 if cfg.use_gpu else resources.cpu_per_actor(total_cpus, resources.cpu_nodes(), cfg.workers,
+                                                                 floor=0.01)
     if not cfg.threads:
         cfg = dataclasses.replace(cfg, threads=max(1, int(per_worker)))
     fs, ckpt_root = storage.filesystem(cfg.storage_uri(), options)

@@ -77,8 +77,10 @@ def test_ray_job_submit_compress(tmp_path, photos):
 
 
 def test_two_node_cluster_spreads_model_actors_over_both_nodes(tmp_path, photos):
-    """ray.cluster_utils.Cluster with two nodes (own process, own temp dir): the compress job's
-    model actors run on both nodes and every image is written once."""
+    """ray.cluster_utils.Cluster with two 2-CPU nodes (own process, own temp dir): with the default pool
+    (one actor per CPU) the compress job finishes, its model actors run on both nodes and every image is
+    written once; Ray Train with four workers finishes and writes its model. Actors and workers sized for
+    one free CPU in all (4 x 0.75) left half a CPU on each node and both hung."""
     src = tmp_path / "in"
     src.mkdir()
     for i in range(3):
@@ -87,9 +89,30 @@ def test_two_node_cluster_spreads_model_actors_over_both_nodes(tmp_path, photos)
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "two_node_job.py"), str(src), str(tmp_path / "lat"),
-                           temp_dir], capture_output=True, text=True, timeout=300, env=env)
+                           temp_dir, str(tmp_path / "model")], capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["nodes"] == 2 and (result["written"], result["failed"]) == (9, 0)
-    assert len(result["actor_nodes"]) == 2, result
+    assert result["actors"] == 4 and len(result["actor_nodes"]) == 2, result
     assert pq.read_table(tmp_path / "lat" / "latents-00000.parquet").num_rows == 9
+    assert result["trained_steps"] > 0 and (tmp_path / "model" / "model.safetensors").stat().st_size > 0
+
+
+def test_a_one_cpu_machine_finishes_a_job(tmp_path, photos):
+    """On a 1-CPU Ray (a small container) the model actor cannot keep a CPU of its own: the job must still
+    finish rather than wait for a CPU that never frees (it hung before: a 0.25-CPU actor left 0.75)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name, arr in photos.items():
+        Image.fromarray(arr).save(src / f"{name}.png")
+    code = ("import ray, sys; ray.init(address='local', num_cpus=1, logging_level='warning', log_to_driver=False)\n"
+            "from aeflow import pipeline\n"
+            "s = pipeline.compress(pipeline.JobConfig(input=sys.argv[1], output=sys.argv[2]))\n"
+            "print(s.written, s.failed)")
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "lat")], capture_output=True,
+                          text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == [str(len(photos)), "0"]
+    assert pq.read_table(tmp_path / "lat" / "latents-00000.parquet").num_rows == len(photos)

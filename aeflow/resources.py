@@ -1,0 +1,21 @@
+"""How many CPUs each Ray actor (model actor, Ray Train worker) reserves, so that Ray Data's own 1-CPU
+tasks (listing, reading, crops) always find a CPU somewhere (RAY-NOTES: deadlock)."""
+
+from __future__ import annotations
+
+
+def cpu_nodes() -> int:
+    """Alive nodes of the connected Ray cluster that have CPUs (the head counts)."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0) or 1
+
+
+def cpu_per_actor(cpus: float, nodes: int, actors: int, floor: float = 0.0) -> float:
+    """CPUs per actor such that, wherever Ray places the actors, some node keeps a whole CPU free.
+
+    The actors together take at most cpus - nodes: were every node left with less than one CPU, less than
+    `nodes` would be left in all. Keeping one CPU in total is not enough on a cluster: four 0.75-CPU
+    actors on two 2-CPU nodes leave half a CPU on each, and the job waits forever (tests/test_cluster.py).
+    On a 1-CPU machine this is 0 (or `floor`, where Ray refuses 0): the actor shares the CPU."""
+    return round(min(1.0, max(floor, (cpus - nodes) / actors)), 4)
