@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from aeflow import codec, pipeline, storage
+from aeflow import codec, heap, pipeline, storage
 from aeflow.models.autoencoder import DEFAULT_LAMBDAS
 
 
@@ -202,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    heap.keep_freed_memory()  # eval, demo and small jobs run models in this process
     try:
         return run(args)
     except pipeline.JobFailed as e:

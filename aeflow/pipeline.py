@@ -10,7 +10,6 @@ accounts for every input exactly once.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -28,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 
 import aeflow
-from aeflow import codec, degrade, images, metrics, modelstore, resources, storage
+from aeflow import codec, degrade, heap, images, metrics, modelstore, resources, storage
 from aeflow.models.restorer import with_noise_map
 from aeflow.tiling import tiled
 
@@ -140,14 +139,6 @@ def _rss_mb() -> float:
         return 0.0
 
 
-def _malloc_trim() -> None:
-    """Give the C heap's free memory back to the OS (glibc); a no-op where there is no glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 # --- shared by the actors ------------------------------------------------------------------------
 
 def _error(path: str, stage: str, exc: BaseException | str) -> dict:
@@ -208,6 +199,7 @@ class _ModelActor:
     model, which has all the torch threads to itself."""
 
     def __init__(self, model: str, options: storage.StorageOptions, threads: int, gpus: float):
+        heap.keep_freed_memory()
         self.model_lock = threading.Lock()
         self.rss_ceiling, self.last_trim = 0.0, 0.0  # set after the first batch: see bound_memory
         torch.set_num_threads(max(1, threads))
@@ -228,7 +220,7 @@ class _ModelActor:
         if not self.rss_ceiling:
             self.rss_ceiling, self.last_trim = 1.05 * rss, now
         elif rss > self.rss_ceiling and now - self.last_trim >= TRIM_SECONDS:
-            _malloc_trim()
+            heap.give_back()
             self.last_trim = now
 
     def fast_math(self):

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from aeflow import degrade, images, modelstore, resources, storage
+from aeflow import degrade, heap, images, modelstore, resources, storage
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig, ResidualUNet, ResidualUNetConfig
 from aeflow.models.autoencoder import DEFAULT_LAMBDAS
 from aeflow.models.restorer import with_noise_map
@@ -299,6 +299,7 @@ def _ray_worker(config: dict) -> None:
     import ray.train.torch
 
     cfg = TrainConfig(**config)
+    heap.keep_freed_memory()
     ctx = ray.train.get_context()
     rank = ctx.get_world_rank()
     if cfg.threads:
@@ -373,6 +374,7 @@ def _train_ray(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[torch
 
 def _train_plain(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[torch.nn.Module, dict]:
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    heap.keep_freed_memory()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     photos = load_photos(cfg.data, options)

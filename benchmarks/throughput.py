@@ -35,7 +35,7 @@ import ray
 import torch
 from PIL import Image
 
-from aeflow import codec, metrics, modelstore, pipeline, storage
+from aeflow import codec, heap, metrics, modelstore, pipeline, storage
 from aeflow.models.restorer import with_noise_map
 from aeflow.tiling import tiled
 
@@ -98,7 +98,9 @@ class WorkerRSS:
 
 @torch.inference_mode()
 def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float:
-    """Seconds for the model alone (with bitstream packing for compress, which the job also does)."""
+    """Seconds for the model alone (with bitstream packing for compress, which the job also does), with the
+    heap settings that the model actors use (aeflow.heap)."""
+    heap.keep_freed_memory()
     torch.set_num_threads(threads)
     loaded = modelstore.load_model("denoise-default" if task == "restore" else "codec-default")
     model = loaded.module

@@ -1,0 +1,40 @@
+"""The C heap under PyTorch's CPU tensors (glibc malloc): keep freed memory for the next image, and give
+it back to the OS when asked.
+
+A 512x384 decode allocates a few tensors of 12.6 MB per layer. By default glibc returns such blocks to the
+OS as soon as they are freed (mmap for large blocks, trimming the heap's top), so every image faults the
+same memory in again: 12,000-14,500 page faults per image in a process's main thread, and a decode took
+120-128 ms of CPU there against 86-93 ms with the settings below (one torch thread; benchmarks/RESULTS.md).
+The model actors' calls run in worker threads, whose arenas fault less (3,300 per image): there a
+pipeline A/B showed no difference. A model run in a process's main thread (the CLI's in-process work,
+plain training, the benchmark's bare model) gains. A long job's growth is bounded by give_back(), which the model actors call now and then."""
+
+from __future__ import annotations
+
+import ctypes
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
+MMAP_THRESHOLD = 32 * 2**20  # glibc's ceiling on 64-bit: blocks up to this come from the heap and are reused
+TRIM_THRESHOLD = 2**30  # the heap's free top is handed back only past this, or by give_back()
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl): nothing to tune
+        return None
+
+
+def keep_freed_memory() -> None:
+    """Called once in each process that runs a model (model actors, training, the CLI); a no-op without glibc."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+
+
+def give_back() -> None:
+    """Hand the heaps' free memory back to the OS (malloc_trim); a no-op without glibc."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
