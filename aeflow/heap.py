@@ -1,13 +1,15 @@
 """The C heap under PyTorch's CPU tensors (glibc malloc): keep freed memory for the next image, and give
 it back to the OS when asked.
 
-A 512x384 decode allocates a few tensors of 12.6 MB per layer. By default glibc returns such blocks to the
-OS as soon as they are freed (mmap for large blocks, trimming the heap's top), so every image faults the
-same memory in again: 12,000-14,500 page faults per image in a process's main thread, and a decode took
-120-128 ms of CPU there against 86-93 ms with the settings below (one torch thread; benchmarks/RESULTS.md).
-The model actors' calls run in worker threads, whose arenas fault less (3,300 per image): there a
-pipeline A/B showed no difference. A model run in a process's main thread (the CLI's in-process work,
-plain training, the benchmark's bare model) gains. A long job's growth is bounded by give_back(), which the model actors call now and then."""
+A 512x384 decode allocates a few tensors of 12.6 MB per layer. By default glibc mostly returns such blocks
+to the OS as soon as they are freed (mmap for large blocks, trimming the heap's top), so the next image
+faults the same memory in again: 12,000-14,500 page faults per image in a process's main thread, where a
+decode took 119-128 ms of CPU against 77-93 ms with the settings below (one torch thread;
+benchmarks/heap_settings.py, benchmarks/RESULTS.md). The model actors run their calls in worker threads,
+whose arenas fault less (1,200-3,300 per image): there a pipeline A/B showed no difference. A model run in
+a main thread gains (measured for the codec; the CLI's in-process work, plain training and the
+benchmark's bare model run there). A long job's
+growth stays bounded by give_back(), which the model actors call now and then."""
 
 from __future__ import annotations
 

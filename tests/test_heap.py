@@ -38,6 +38,6 @@ def _decode_faults(mode: str) -> dict:
 def test_kept_heap_memory_spares_a_decode_its_page_faults_and_changes_no_pixel():
     default, tuned = _decode_faults("default"), _decode_faults("tuned")
     assert default["same"] and tuned["same"] and default["pixels"] == tuned["pixels"]
-    # glibc's defaults: ~12,000-14,500 faults per 512x384 decode here (12.6 MB tensors, mapped afresh)
-    assert default["faults"] > 3000, default
-    assert tuned["faults"] < default["faults"] / 10, (default, tuned)
+    # glibc's defaults: 12,000-14,500 faults per 512x384 decode in most runs here (12.6 MB tensors mapped
+    # afresh; now and then glibc's moving threshold settles at 0), with the settings 0-205
+    assert tuned["faults"] < 1000, (default, tuned)
