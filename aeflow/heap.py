@@ -8,8 +8,8 @@ decode took 119-128 ms of CPU against 77-93 ms with the settings below (one torc
 benchmarks/heap_settings.py, benchmarks/RESULTS.md). The model actors run their calls in worker threads,
 whose arenas fault less (1,200-3,300 per image): there a pipeline A/B showed no difference. A model run in
 a main thread gains (measured for the codec; the CLI's in-process work, plain training and the
-benchmark's bare model run there). A long job's
-growth stays bounded by give_back(), which the model actors call now and then."""
+benchmark's bare model run there). A long job's growth stays bounded by give_back(), which the model
+actors call now and then."""
 
 from __future__ import annotations
 
