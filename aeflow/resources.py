@@ -17,5 +17,6 @@ def cpu_per_actor(cpus: float, nodes: int, actors: int, floor: float = 0.0) -> f
     The actors together take at most cpus - nodes: were every node left with less than one CPU, less than
     `nodes` would be left in all. Keeping one CPU in total is not enough on a cluster: four 0.75-CPU
     actors on two 2-CPU nodes leave half a CPU on each, and the job waits forever (tests/test_cluster.py).
-    On a 1-CPU machine this is 0 (or `floor`, where Ray refuses 0): the actor shares the CPU."""
+    On a 1-CPU machine this is 0: the actor shares the CPU. Ray Train's bundles cannot be all zero, so
+    training passes a floor, which there leaves 0.99 CPU: training on a 1-CPU Ray still waits forever."""
     return round(min(1.0, max(floor, (cpus - nodes) / actors)), 4)
