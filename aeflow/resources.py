@@ -3,6 +3,8 @@ tasks (listing, reading, crops) always find a CPU somewhere (RAY-NOTES: deadlock
 
 from __future__ import annotations
 
+import math
+
 
 def cpu_nodes() -> int:
     """Alive nodes of the connected Ray cluster that have CPUs (the head counts)."""
@@ -18,5 +20,13 @@ def cpu_per_actor(cpus: float, nodes: int, actors: int, floor: float = 0.0) -> f
     `nodes` would be left in all. Keeping one CPU in total is not enough on a cluster: four 0.75-CPU
     actors on two 2-CPU nodes leave half a CPU on each, and the job waits forever (tests/test_cluster.py).
     On a 1-CPU machine this is 0: the actor shares the CPU. Ray Train's bundles cannot be all zero, so
-    training passes a floor, which there leaves 0.99 CPU: training on a 1-CPU Ray still waits forever."""
+    training passes a floor, which there leaves 0.99 CPU: see cpu_per_data_task."""
     return round(min(1.0, max(floor, (cpus - nodes) / actors)), 4)
+
+
+def cpu_per_data_task(cpus: float, nodes: int, reserved: float) -> float:
+    """CPUs for each of Ray Data's tasks beside actors that reserve `reserved` CPUs in all: 1 while some
+    node keeps a whole CPU (cpu_per_actor sees to it), else what is left per node (a 1-CPU Ray Train
+    keeps 0.99), so that a task always fits."""
+    left = (cpus - reserved) / nodes
+    return 1.0 if left >= 1 else max(0.01, math.floor(left * 1e4) / 1e4)  # down: a task must fit

@@ -273,9 +273,10 @@ def load_photos(uri: str, options: storage.StorageOptions) -> list[np.ndarray]:
     return photos
 
 
-def crops_dataset(cfg: TrainConfig, options: storage.StorageOptions):
+def crops_dataset(cfg: TrainConfig, options: storage.StorageOptions, task_cpus: float = 1.0):
     """A Ray Dataset of random crops: read bytes -> decode -> crops_per_image crops per image.
-    The dataset is re-executed each epoch, so each epoch sees fresh crops."""
+    The dataset is re-executed each epoch, so each epoch sees fresh crops. Its tasks take `task_cpus`
+    each: less than 1 where the Train workers leave less (resources.cpu_per_data_task)."""
     import ray.data
 
     fs, paths = image_paths(cfg.data, options)
@@ -288,8 +289,9 @@ def crops_dataset(cfg: TrainConfig, options: storage.StorageOptions):
             return []
         return [{"crop": c} for c in random_crops(arr, size, n, np.random.default_rng())]
 
-    ds = ray.data.read_binary_files(paths, filesystem=storage.arrow_filesystem(fs))
-    return ds.flat_map(to_crops)
+    ds = ray.data.read_binary_files(paths, filesystem=storage.arrow_filesystem(fs),
+                                    ray_remote_args={"num_cpus": task_cpus})
+    return ds.flat_map(to_crops, num_cpus=task_cpus)
 
 
 # --- Ray Train worker -------------------------------------------------------------------------------
@@ -340,10 +342,10 @@ def _train_ray(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[torch
 
     if not ray.is_initialized():
         ray.init()
-    total_cpus = ray.cluster_resources().get("CPU", 1)
+    total_cpus, nodes = ray.cluster_resources().get("CPU", 1), resources.cpu_nodes()
     # a placement group refuses an all-zero bundle: hence the floor on a 1-CPU machine
-    per_worker = 1.0 if cfg.use_gpu else resources.cpu_per_actor(total_cpus, resources.cpu_nodes(), cfg.workers,
-                                                                 floor=0.01)
+    per_worker = 1.0 if cfg.use_gpu else resources.cpu_per_actor(total_cpus, nodes, cfg.workers, floor=0.01)
+    task_cpus = resources.cpu_per_data_task(total_cpus, nodes, per_worker * cfg.workers)
     if not cfg.threads:
         cfg = dataclasses.replace(cfg, threads=max(1, int(per_worker)))
     fs, ckpt_root = storage.filesystem(cfg.storage_uri(), options)
@@ -360,7 +362,7 @@ def _train_ray(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[torch
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker={"CPU": per_worker}),
         run_config=run_config,
-        datasets={"train": crops_dataset(cfg, options)},
+        datasets={"train": crops_dataset(cfg, options, task_cpus)},
     )
     result = trainer.fit()
     if result.checkpoint is None:

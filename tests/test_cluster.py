@@ -116,3 +116,24 @@ def test_a_one_cpu_machine_finishes_a_job(tmp_path, photos):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[-2:] == [str(len(photos)), "0"]
     assert pq.read_table(tmp_path / "lat" / "latents-00000.parquet").num_rows == len(photos)
+
+
+def test_training_on_a_one_cpu_machine_finishes(tmp_path, photos):
+    """Ray Train on a 1-CPU Ray: its worker's bundle cannot be all zero (0.01 CPU), so the crops dataset's
+    read and decode tasks must fit in the 0.99 CPU left; at 1 CPU each they waited forever (killed at 150 s)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name, arr in photos.items():
+        Image.fromarray(arr).save(data / f"{name}.png")
+    code = ("import ray, sys; ray.init(address='local', num_cpus=1, logging_level='warning', log_to_driver=False)\n"
+            "from aeflow.training import TrainConfig, train\n"
+            "r = train(TrainConfig(task='codec', data=sys.argv[1], out=sys.argv[2], storage=sys.argv[3], epochs=1,\n"
+            "          batch_size=2, crop=32, crops_per_image=4, channels=8, latent_channels=4))\n"
+            "print('steps', r['step'])")
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "model"), str(tmp_path / "ckpt")],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) > 0
+    assert (tmp_path / "model" / "model.safetensors").stat().st_size > 0
