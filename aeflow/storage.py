@@ -141,7 +141,10 @@ def _native_s3(endpoint: str | None, key: str | None, secret: str | None,
     if not region and not endpoint:
         return None
     kw: dict = {"region": region or "us-east-1",  # a custom endpoint (MinIO, moto) takes any region
-                "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)}
+                "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+                # without it an output stream starts a multipart upload at open: three requests for any
+                # object, which cost the moto server 6.1-6.8 ms against 2.5-2.7 for one PUT
+                "allow_delayed_open": True}
     if endpoint:
         url = urlsplit(endpoint)
         kw["endpoint_override"], kw["scheme"] = url.netloc or url.path, url.scheme or "https"
@@ -170,9 +173,14 @@ def join(root: str, rel: str) -> str:
 
 def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write so that no partial object is ever visible under its final name: local files go to a
-    temporary name and are renamed; an S3 PUT only becomes visible when complete. (s3fs, not PyArrow's
-    client: PyArrow uploads even a 260 KB file in three requests, a multipart upload, which cost the
-    moto server 19 ms against 7 for s3fs's one PUT, for no less CPU in the client.)"""
+    temporary name and are renamed; an S3 PUT only becomes visible when complete. On S3 through PyArrow's
+    client where reads use it (_native): with delayed open it sends one PUT for a small object, as s3fs
+    does, for 0.6 against 2.0 ms of client CPU per 300 KB PUT (benchmarks/RESULTS.md)."""
+    native = _native(fs)
+    if native is not None:
+        with native.open_output_stream(path) as f:
+            f.write(data)
+        return
     with atomic_open(fs, path) as f:
         f.write(data)
 

@@ -59,3 +59,15 @@ def test_s3_batch_read_takes_keys_literally_and_names_a_missing_one(s3, s3_serve
     assert storage._native(fs) is not None  # the native client, not s3fs, answered
     assert [got[0], got[2], got[3]] == [blobs[keys[0]], blobs[keys[2]], blobs[keys[3]]]
     assert isinstance(got[1], FileNotFoundError) and "photos/in/gone.png" in str(got[1])
+
+
+def test_s3_write_puts_the_exact_bytes_and_a_missing_bucket_is_an_error(s3, s3_server):
+    """The actors' S3 writes (PyArrow's client, delayed open: one PUT): the object holds exactly the bytes
+    written; a write that cannot land raises, naming the object, so the job records an error row."""
+    fs, _ = storage.filesystem("s3://photos", storage.StorageOptions(endpoint_url=s3_server.url))
+    data = bytes(range(256)) * 1200  # 300 KB, a restored photo's size
+    storage.write_bytes(fs, "photos/out/a b.png", data)
+    assert storage._native(fs) is not None
+    assert s3.cat("photos/out/a b.png") == data
+    with pytest.raises(OSError, match="out/x.png.*no-such-bucket.*does not exist"):
+        storage.write_bytes(fs, "no-such-bucket/out/x.png", data)
