@@ -97,8 +97,10 @@ def encode_image(arr: np.ndarray, fmt: str = "png", alpha: np.ndarray | None = N
     if arr.dtype == np.uint16 and fmt != "png":
         raise ValueError(f"16-bit output needs --format png, not {fmt}")
     if fmt == "png" and arr.dtype == np.uint8 and arr.ndim == 3 and not icc and not exif:
-        pixels = arr if alpha is None else np.dstack([arr, alpha])
-        return imagecodecs.png_encode(np.ascontiguousarray(pixels), level=1, strategy=imagecodecs.PNG.STRATEGY.RLE,
+        # a copy in C order: libpng's wrapper refuses the odd strides that a size-1 dimension can keep
+        # through a "contiguous" view (a 1x1 image from a permuted tensor), which ascontiguousarray leaves be
+        pixels = np.array(arr if alpha is None else np.dstack([arr, alpha]), order="C")
+        return imagecodecs.png_encode(pixels, level=1, strategy=imagecodecs.PNG.STRATEGY.RLE,
                                       filter=imagecodecs.PNG.FILTER.PAETH)
     buf = io.BytesIO()
     img = Image.fromarray(arr)

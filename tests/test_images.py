@@ -88,3 +88,16 @@ def test_png_output_keeps_the_icc_profile(photos):
     data = images.encode_image(photos["coffee"], "png", icc=icc)
     img = Image.open(io.BytesIO(data))
     assert img.info.get("icc_profile") == icc and np.array_equal(np.asarray(img), photos["coffee"])
+
+
+def test_png_output_of_one_pixel_and_one_row_images_from_a_permuted_tensor():
+    """Pixels from the models arrive as permuted tensor views; size-1 dimensions keep odd strides there (a 1x1
+    restore failed with 'invalid data shape, strides, or dtype' at the write)."""
+    import torch
+
+    from aeflow import codec
+
+    for h, w in [(1, 1), (1, 7), (7, 1)]:
+        arr = codec.to_uint8(torch.rand(3, h, w))
+        back = np.asarray(Image.open(io.BytesIO(images.encode_image(arr, "png"))))
+        assert np.array_equal(back, arr), (h, w)
