@@ -98,42 +98,43 @@ def test_two_node_cluster_spreads_model_actors_over_both_nodes(tmp_path, photos)
     assert result["trained_steps"] > 0 and (tmp_path / "model" / "model.safetensors").stat().st_size > 0
 
 
+def _photo_folder(folder: Path, photos) -> Path:
+    folder.mkdir()
+    for name, arr in photos.items():
+        Image.fromarray(arr).save(folder / f"{name}.png")
+    return folder
+
+
+def _on_one_cpu(code: str, *args) -> str:
+    """Run `code` (sys imported, argv = args) in a fresh process on a fresh 1-CPU Ray; its stdout. A hang
+    fails at 180 s instead of holding the suite."""
+    start = "import ray, sys; ray.init(address='local', num_cpus=1, logging_level='warning', log_to_driver=False)\n"
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-c", start + code, *map(str, args)], capture_output=True, text=True,
+                          timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
 def test_a_one_cpu_machine_finishes_a_job(tmp_path, photos):
     """On a 1-CPU Ray (a small container) the model actor cannot keep a CPU of its own: the job must still
     finish rather than wait for a CPU that never frees (it hung before: a 0.25-CPU actor left 0.75)."""
-    src = tmp_path / "in"
-    src.mkdir()
-    for name, arr in photos.items():
-        Image.fromarray(arr).save(src / f"{name}.png")
-    code = ("import ray, sys; ray.init(address='local', num_cpus=1, logging_level='warning', log_to_driver=False)\n"
-            "from aeflow import pipeline\n"
-            "s = pipeline.compress(pipeline.JobConfig(input=sys.argv[1], output=sys.argv[2]))\n"
-            "print(s.written, s.failed)")
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-c", code, str(src), str(tmp_path / "lat")], capture_output=True,
-                          text=True, timeout=180, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[-2:] == [str(len(photos)), "0"]
+    src = _photo_folder(tmp_path / "in", photos)
+    out = _on_one_cpu("from aeflow import pipeline\n"
+                      "s = pipeline.compress(pipeline.JobConfig(input=sys.argv[1], output=sys.argv[2]))\n"
+                      "print(s.written, s.failed)", src, tmp_path / "lat")
+    assert out.split()[-2:] == [str(len(photos)), "0"]
     assert pq.read_table(tmp_path / "lat" / "latents-00000.parquet").num_rows == len(photos)
 
 
 def test_training_on_a_one_cpu_machine_finishes(tmp_path, photos):
     """Ray Train on a 1-CPU Ray: its worker's bundle cannot be all zero (0.01 CPU), so the crops dataset's
     read and decode tasks must fit in the 0.99 CPU left; at 1 CPU each they waited forever (killed at 150 s)."""
-    data = tmp_path / "data"
-    data.mkdir()
-    for name, arr in photos.items():
-        Image.fromarray(arr).save(data / f"{name}.png")
-    code = ("import ray, sys; ray.init(address='local', num_cpus=1, logging_level='warning', log_to_driver=False)\n"
-            "from aeflow.training import TrainConfig, train\n"
-            "r = train(TrainConfig(task='codec', data=sys.argv[1], out=sys.argv[2], storage=sys.argv[3], epochs=1,\n"
-            "          batch_size=2, crop=32, crops_per_image=4, channels=8, latent_channels=4))\n"
-            "print('steps', r['step'])")
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run([sys.executable, "-c", code, str(data), str(tmp_path / "model"), str(tmp_path / "ckpt")],
-                          capture_output=True, text=True, timeout=180, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert int(proc.stdout.split()[-1]) > 0
+    data = _photo_folder(tmp_path / "data", photos)
+    out = _on_one_cpu("from aeflow.training import TrainConfig, train\n"
+                      "r = train(TrainConfig(task='codec', data=sys.argv[1], out=sys.argv[2], storage=sys.argv[3],\n"
+                      "          epochs=1, batch_size=2, crop=32, crops_per_image=4, channels=8, latent_channels=4))\n"
+                      "print('steps', r['step'])", data, tmp_path / "model", tmp_path / "ckpt")
+    assert int(out.split()[-1]) > 0
     assert (tmp_path / "model" / "model.safetensors").stat().st_size > 0
