@@ -31,11 +31,15 @@ def test_cluster_yaml_passes_rays_schema():
     assert any("pip install -e" in c for c in config["setup_commands"])
 
 
-def test_ray_job_submit_compress(tmp_path, photos):
-    src = tmp_path / "in"
-    src.mkdir()
+def _photo_folder(folder: Path, photos) -> Path:
+    folder.mkdir()
     for name, arr in photos.items():
-        Image.fromarray(arr).save(src / f"{name}.png")
+        Image.fromarray(arr).save(folder / f"{name}.png")
+    return folder
+
+
+def test_ray_job_submit_compress(tmp_path, photos):
+    src = _photo_folder(tmp_path / "in", photos)
     bin_dir = Path(sys.executable).parent
     port, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -96,13 +100,6 @@ def test_two_node_cluster_spreads_model_actors_over_both_nodes(tmp_path, photos)
     assert result["actors"] == 4 and len(result["actor_nodes"]) == 2, result
     assert pq.read_table(tmp_path / "lat" / "latents-00000.parquet").num_rows == 9
     assert result["trained_steps"] > 0 and (tmp_path / "model" / "model.safetensors").stat().st_size > 0
-
-
-def _photo_folder(folder: Path, photos) -> Path:
-    folder.mkdir()
-    for name, arr in photos.items():
-        Image.fromarray(arr).save(folder / f"{name}.png")
-    return folder
 
 
 def _on_one_cpu(code: str, *args) -> str:
