@@ -5,10 +5,16 @@ A 512x384 decode allocates a few tensors of 12.6 MB per layer. By default glibc 
 to the OS as soon as they are freed (mmap for large blocks, trimming the heap's top), so the next image
 faults the same memory in again: 12,000-14,500 page faults per image in a process's main thread, where a
 decode took 119-128 ms of CPU against 77-93 ms with the settings below (one torch thread;
-benchmarks/heap_settings.py, benchmarks/RESULTS.md). The model actors run their calls in worker threads,
-whose arenas fault less (1,200-3,300 per image): there a pipeline A/B showed no difference. A model run in
-a main thread gains (measured for the codec; the CLI's in-process work, plain training and the
-benchmark's bare model run there). A long job's growth stays bounded by give_back(), which the model
+benchmarks/heap_settings.py, benchmarks/RESULTS.md). A model run in a main thread gains (the CLI's
+in-process work, plain training and the benchmark's bare model run there).
+
+Ray Data calls the model actors from worker threads, and glibc gives each thread an arena of its own,
+made of heaps of at most 64 MB: there a larger tensor is mapped afresh on every allocation whatever the
+settings above, and heaps are unmapped as they empty. The restorer in a worker thread faulted 26,626
+pages per 512x384 image, 0 with one arena (tests/test_heap.py), and a restore actor's calls took 187-208
+ms of CPU per image against 176-182 ms with it (benchmarks/RESULTS.md, seventh session). ONE_ARENA, in
+the environment of such a process from its start, puts every thread on the main heap, where the settings
+above hold. A long job's growth stays bounded by give_back(), which the model
 actors call now and then."""
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import ctypes
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
 MMAP_THRESHOLD = 32 * 2**20  # glibc's ceiling on 64-bit: blocks up to this come from the heap and are reused
 TRIM_THRESHOLD = 2**30  # the heap's free top is handed back only past this, or by give_back()
+# For processes that run a model outside their main thread (the model actors): glibc reads it at start-up
+ONE_ARENA = {"MALLOC_ARENA_MAX": "1"}
 
 
 def _libc():

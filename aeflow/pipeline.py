@@ -470,7 +470,9 @@ def _pool(job: JobConfig) -> tuple[dict, int]:
     pool = ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
     # Ray Data places actors with DataContext.scheduling_strategy, "SPREAD" by default: on a cluster the
     # model actors go to different nodes rather than filling the first one (tests/test_cluster.py).
-    opts = {"compute": pool, "num_cpus": per_cpu}
+    # The actors' calls run in worker threads: one malloc arena keeps their tensors on the tuned heap
+    # (aeflow.heap). Ray merges these variables into the job's own runtime environment.
+    opts = {"compute": pool, "num_cpus": per_cpu, "runtime_env": {"env_vars": dict(heap.ONE_ARENA)}}
     if job.gpus > 0:
         opts["num_gpus"] = job.gpus
     return opts, threads
