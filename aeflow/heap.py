@@ -8,14 +8,15 @@ decode took 119-128 ms of CPU against 77-93 ms with the settings below (one torc
 benchmarks/heap_settings.py, benchmarks/RESULTS.md). A model run in a main thread gains (the CLI's
 in-process work, plain training and the benchmark's bare model run there).
 
-Ray Data calls the model actors from worker threads, and glibc gives each thread an arena of its own,
-made of heaps of at most 64 MB: there a larger tensor is mapped afresh on every allocation whatever the
-settings above, and heaps are unmapped as they empty. The restorer in a worker thread faulted 26,626
-pages per 512x384 image, 0 with one arena (tests/test_heap.py), and a restore actor's calls took 187-208
-ms of CPU per image against 176-182 ms with it (benchmarks/RESULTS.md, seventh session). ONE_ARENA, in
-the environment of such a process from its start, puts every thread on the main heap, where the settings
-above hold. A long job's growth stays bounded by give_back(), which the model
-actors call now and then."""
+Ray Data calls the model actors from worker threads (Ray Train runs the training loop in one too), and glibc
+gives each thread an arena of its own, made of heaps of at most 64 MB: there a larger tensor is mapped
+afresh on every allocation whatever the settings above, and heaps are unmapped as they empty. The restorer
+in a worker thread faulted 26,626 pages per 512x384 image, 0 with one arena (tests/test_heap.py), and a
+restore actor's calls took 187-208 ms of CPU per image against 176-182 ms with it; a codec training step (16
+crops of 128x128) in a worker thread 320-323 ms against 275-282 (benchmarks/RESULTS.md, seventh session).
+ONE_ARENA, in the environment of such a process from its start, puts every thread on the main heap, where
+the settings above hold. A long job's growth stays bounded by give_back(), which the model actors call now
+and then."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import ctypes
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, <malloc.h>
 MMAP_THRESHOLD = 32 * 2**20  # glibc's ceiling on 64-bit: blocks up to this come from the heap and are reused
 TRIM_THRESHOLD = 2**30  # the heap's free top is handed back only past this, or by give_back()
-# For processes that run a model outside their main thread (the model actors): glibc reads it at start-up
+# For processes that run a model outside their main thread (model actors, Ray Train workers): glibc reads it
+# at start-up
 ONE_ARENA = {"MALLOC_ARENA_MAX": "1"}
 
 

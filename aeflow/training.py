@@ -355,6 +355,7 @@ def _train_ray(cfg: TrainConfig, options: storage.StorageOptions) -> tuple[torch
         storage_path=ckpt_root,
         storage_filesystem=storage.arrow_filesystem(fs) if scheme != "file" else None,
         failure_config=FailureConfig(max_failures=cfg.max_failures),
+        worker_runtime_env={"env_vars": dict(heap.ONE_ARENA)},  # the loop runs in a worker thread (aeflow.heap)
     )
     trainer = TorchTrainer(
         _ray_worker,

@@ -1,36 +1,47 @@
-"""Per-image CPU and page faults of the codec with glibc's default heap settings and with aeflow.heap's,
-in a process's main thread and in a worker thread (where the model actors run their calls). Each case runs
-in a fresh process, alternating, `--rounds` times. Prints JSON.
+"""Per-image CPU and page faults of a model with glibc's default heap settings and with aeflow.heap's
+(its mallopt settings, and in the process's environment ONE_ARENA, as the model actors get it), in a
+process's main thread and in a worker thread (where the model actors run their calls). Each case runs in
+a fresh process, alternating, `--rounds` times. Prints JSON.
 
-    python benchmarks/heap_settings.py [--task decompress|compress] [--images 15] [--rounds 3]
+    python benchmarks/heap_settings.py [--task decompress|compress|restore] [--images 15] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+
+from aeflow import heap
 
 ONE = """
 import json, resource, sys, threading, time
 import numpy as np, torch
 from skimage import data
 from aeflow import codec, heap, modelstore
+from aeflow.models.restorer import with_noise_map
+from aeflow.tiling import tiled
 task, where, settings, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if settings == "aeflow":
     heap.keep_freed_memory()
 torch.set_num_threads(1)
 img = np.ascontiguousarray(data.astronaut()[:384, :512])
-loaded = modelstore.load_model("codec-default")
+loaded = modelstore.load_model("denoise-default" if task == "restore" else "codec-default")
 out = {}
 
 def run():
     with torch.inference_mode():
-        stream = codec.encode_images(loaded, [img])[0]
-        work = (lambda: codec.decode_bitstream(loaded, stream)) if task == "decompress" else (
-            lambda: codec.encode_images(loaded, [img]))
-        for _ in range(2):
+        if task == "restore":
+            x = with_noise_map(torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255), 10.0)
+            work = lambda: codec.to_uint8(tiled(loaded.module, x)[0])
+        elif task == "decompress":
+            stream = codec.encode_images(loaded, [img])[0]
+            work = lambda: codec.decode_bitstream(loaded, stream)
+        else:
+            work = lambda: codec.encode_images(loaded, [img])
+        for _ in range(4):  # the heap reaches its working size
             work()
         faults, cpu = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.thread_time()
         for _ in range(n):
@@ -50,7 +61,7 @@ print(json.dumps(out))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="decompress", choices=["decompress", "compress"])
+    parser.add_argument("--task", default="decompress", choices=["decompress", "compress", "restore"])
     parser.add_argument("--images", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -58,8 +69,11 @@ def main() -> None:
     for r in range(args.rounds):
         for where in ("main", "thread"):
             for settings in ("glibc", "aeflow") if r % 2 == 0 else ("aeflow", "glibc"):
+                env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+                if settings == "aeflow":
+                    env.update(heap.ONE_ARENA)
                 proc = subprocess.run([sys.executable, "-c", ONE, args.task, where, settings, str(args.images)],
-                                      capture_output=True, text=True, check=True)
+                                      capture_output=True, text=True, check=True, env=env)
                 results.setdefault(f"{where}/{settings}", []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(json.dumps({"task": args.task, "image": "512x384", "torch_threads": 1, "images_per_run": args.images,
                       "cpu_ms_per_image": {k: [r["cpu_ms"] for r in runs] for k, runs in results.items()},
