@@ -27,6 +27,8 @@ loaded = modelstore.load_model("codec-default")
 with torch.inference_mode():
     stream = codec.encode_images(loaded, [img])[0]
     first = codec.decode_bitstream(loaded, stream)
+    for _ in range(3):  # the heap reaches its working size
+        codec.decode_bitstream(loaded, stream)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(3):
         again = codec.decode_bitstream(loaded, stream)
@@ -47,8 +49,9 @@ def test_kept_heap_memory_spares_a_decode_its_page_faults_and_changes_no_pixel()
     default, tuned = _decode_faults("default"), _decode_faults("tuned")
     assert default["same"] and tuned["same"] and default["pixels"] == tuned["pixels"]
     # glibc's defaults: 12,000-14,500 faults per 512x384 decode in most runs here (12.6 MB tensors mapped
-    # afresh; now and then glibc's moving threshold settles at 0), with the settings 0-205
-    assert tuned["faults"] < 1000, (default, tuned)
+    # afresh; now and then glibc's moving threshold settles at 0), with the settings 0-512 after three
+    # warm-up decodes (0-1,024 after one)
+    assert tuned["faults"] < 2000, (default, tuned)
 
 
 THREAD_SCRIPT = """
