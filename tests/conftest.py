@@ -17,6 +17,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def processes(pattern: str) -> list[int]:
+    """PIDs of other processes whose command line (Ray sets it to the actor's name) contains pattern."""
+    from pathlib import Path
+
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if pattern in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
 def _port_outside_rays_ranges() -> int:
     """A free port in 20000-30000: below the kernel's ephemeral range (where Ray's own random ports
     land) and above Ray's worker ports (10002-19999), so Ray cannot take it before moto binds it."""

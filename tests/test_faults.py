@@ -19,21 +19,9 @@ from PIL import Image
 
 from aeflow import pipeline
 from aeflow.training import TrainConfig, train
+from tests.conftest import processes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _processes(pattern: str) -> list[int]:
-    """PIDs whose command line (Ray sets it to the actor's name) contains pattern."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if pattern in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
-    return pids
 
 
 def _kill_when(pattern: str, ready, timeout: float = 180) -> int:
@@ -41,7 +29,7 @@ def _kill_when(pattern: str, ready, timeout: float = 180) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if ready():
-            pids = _processes(pattern)
+            pids = processes(pattern)
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 return pids[0]
@@ -120,7 +108,7 @@ def test_driver_killed_mid_job_rerun_finishes_the_rest(ray_local, tmp_path):
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-        for pid in _processes(ray_tmp):  # that driver's own local Ray, and nothing else
+        for pid in processes(ray_tmp):  # that driver's own local Ray, and nothing else
             os.kill(pid, signal.SIGKILL)
     assert not (out / "manifest.json").exists()
     rerun = pipeline.restore(pipeline.JobConfig(input=str(tmp_path / "in"), output=str(out)))

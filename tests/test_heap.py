@@ -12,6 +12,7 @@ from pathlib import Path
 from PIL import Image
 
 from aeflow import heap, pipeline
+from tests.conftest import processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,20 +99,13 @@ def test_one_arena_spares_a_restorer_in_a_worker_thread_its_page_faults():
     assert tuned["faults"] < 5000, (default, tuned)
 
 
-def _environ_of(prefix: bytes) -> list[dict[str, str]]:
-    """The environment of each running process whose command line starts with `prefix` (Linux /proc)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if not (d / "cmdline").read_bytes().startswith(prefix):
-                continue
-            pairs = (d / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        found.append(dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p))
-    return found
+def _environ(pid: int) -> dict[str, str]:
+    """The environment a process started with ({} if it is gone)."""
+    try:
+        pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
 
 
 def test_model_actors_run_with_one_malloc_arena(ray_local, tmp_path, photos):
@@ -124,7 +118,7 @@ def test_model_actors_run_with_one_malloc_arena(ray_local, tmp_path, photos):
 
     def watch():
         while not done.is_set():
-            seen.extend(_environ_of(b"ray::MapWorker(MapBatches(EncodeImages))"))
+            seen.extend(e for e in map(_environ, processes("ray::MapWorker(MapBatches(EncodeImages))")) if e)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)
