@@ -451,9 +451,9 @@ def _init_ray() -> None:
         ray.init(logging_level="warning")
 
 
-def _pool(job: JobConfig) -> tuple[dict, int]:
+def _pool(job: JobConfig, plan: _Plan) -> tuple[dict, int]:
     """Actor pool options and torch threads per actor, sized to the cluster so that Ray Data's tasks always
-    keep a CPU (aeflow.resources)."""
+    keep a CPU (aeflow.resources); recorded in plan.pool for the manifest."""
     import ray
 
     cluster = ray.cluster_resources()
@@ -461,20 +461,25 @@ def _pool(job: JobConfig) -> tuple[dict, int]:
     if job.gpus > 0:
         size = job.concurrency or max(1, int(cluster.get("GPU", 0) / job.gpus))
         per_cpu = 1.0
-    else:  # one single-threaded actor per CPU: on CPU, processes beat intra-op threads (benchmarks/RESULTS.md)
+        threads = job.threads or max(1, int(cpus // size))
+    else:  # one actor per CPU, of two torch threads: one actor's threads fill the cores the other leaves
         size = job.concurrency or max(1, int(cpus))
         per_cpu = resources.cpu_per_actor(cpus, resources.cpu_nodes(), size)
-    threads = job.threads or max(1, int(cpus // size))
+        threads = job.threads or resources.threads_per_actor(cpus, size)
     # Two calls per actor at once, the model used by one at a time (_ModelActor.model_lock): image files
     # are decoded, encoded and written while the other call's batch is in the model.
     pool = ray.data.ActorPoolStrategy(size=size, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
     # Ray Data places actors with DataContext.scheduling_strategy, "SPREAD" by default: on a cluster the
     # model actors go to different nodes rather than filling the first one (tests/test_cluster.py).
     # The actors' calls run in worker threads: one malloc arena keeps their tensors on the tuned heap
-    # (aeflow.heap). Ray merges these variables into the job's own runtime environment.
-    opts = {"compute": pool, "num_cpus": per_cpu, "runtime_env": {"env_vars": dict(heap.ONE_ARENA)}}
+    # (aeflow.heap); their OpenMP threads sleep when they wait (aeflow.resources). Ray merges these
+    # variables into the job's own runtime environment.
+    env = {**heap.ONE_ARENA, **resources.actor_env()}
+    opts = {"compute": pool, "num_cpus": per_cpu, "runtime_env": {"env_vars": env}}
     if job.gpus > 0:
         opts["num_gpus"] = job.gpus
+    plan.pool = {"actors": size, "torch_threads_per_actor": threads, "cpus_per_actor": per_cpu,
+                 "gpus_per_actor": job.gpus, "actor_env": env}
     return opts, threads
 
 
@@ -572,6 +577,7 @@ class _Plan:
     settings: str
     models: list[str]
     ledger: _Ledger
+    pool: dict = field(default_factory=dict)  # how the model actors ran, for the manifest (set by _pool)
 
 
 def _plan(name: str, job: JobConfig, identity: dict[str, tuple[int, str]], skipped: list[str],
@@ -637,7 +643,8 @@ def _drain(plan: _Plan, ds, t0: float) -> JobSummary:
         "job": plan.name, "aeflow_version": aeflow.__version__, "input": job.input, "output": job.output,
         "models": plan.models, "settings": plan.settings, "config": config, "counts": counts,
         "errors_by_stage": dict(Counter(e["stage"] for e in errors)),
-        "skipped_sample": plan.skipped[:100], "seconds": round(seconds, 3), "first_result_seconds": first_result_s,
+        "skipped_sample": plan.skipped[:100], "pool": plan.pool,
+        "seconds": round(seconds, 3), "first_result_seconds": first_result_s,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     storage.write_bytes(out_fs, storage.join(out_root, "manifest.json"), json.dumps(manifest, indent=1).encode())
@@ -699,7 +706,7 @@ def compress(job: JobConfig) -> JobSummary:
     ds = None
     if plan.todo:
         _init_ray()
-        opts, threads = _pool(job)
+        opts, threads = _pool(job, plan)
         ds = _keys(plan.todo, job.batch_size).map_batches(
             EncodeImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.input, base, job.quality,
                                                job.target_bpp),
@@ -775,7 +782,7 @@ def decompress(job: JobConfig) -> JobSummary:
     ds = None
     if plan.todo:
         _init_ray()
-        opts, threads = _pool(job)
+        opts, threads = _pool(job, plan)
         todo = pa.array(plan.todo, pa.string())
         with _parquet_reader():
             ds = ray.data.read_parquet(files, filesystem=storage.arrow_filesystem(fs)).select_columns(
@@ -813,7 +820,7 @@ def restore(job: JobConfig) -> JobSummary:
     ds = None
     if plan.todo:
         _init_ray()
-        opts, threads = _pool(job)
+        opts, threads = _pool(job, plan)
         ds = _keys(plan.todo, job.batch_size).map_batches(
             RestoreImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, job.format,
                                                 _collisions(list(identity), _ext(job.format))),
@@ -839,7 +846,7 @@ def generate(job: JobConfig) -> JobSummary:
     ds = None
     if plan.todo:
         _init_ray()
-        opts, threads = _pool(job)
+        opts, threads = _pool(job, plan)
         ds = ray.data.from_items([{"id": seeds[k]} for k in plan.todo]).map_batches(
             GenerateImages, fn_constructor_args=(model, job.storage, threads, job.gpus, job.output, "png",
                                                  frozenset()),

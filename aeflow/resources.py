@@ -1,9 +1,21 @@
 """How many CPUs each Ray actor (model actor, Ray Train worker) reserves, so that Ray Data's own 1-CPU
-tasks (listing, reading, crops) always find a CPU somewhere (RAY-NOTES: deadlock)."""
+tasks (listing, reading, crops) always find a CPU somewhere (RAY-NOTES: deadlock), and how many torch
+threads a CPU model actor runs."""
 
 from __future__ import annotations
 
 import math
+import os
+
+# A CPU model actor runs two torch threads per CPU of its share, and its OpenMP threads sleep while they
+# wait instead of spinning (libgomp reads OMP_WAIT_POLICY at start-up). While one actor decodes a file,
+# entropy-codes or waits on Ray, the other's threads take the cores it leaves; spinning threads would
+# burn them instead. On 2 cores, two actors of two threads ran a 1200-image compress in 21.1-22.5 s
+# against 23.0-24.6 s with one thread each (7 jobs each way, alternating); decompress gained 7%, restore
+# 2-3%; three or four threads per CPU gained nothing more; on one CPU, one actor of two threads took
+# 14.8-15.0 s against 16.2 for 400 images (benchmarks/RESULTS.md, eighth session). The model alone, with
+# nothing beside it, is fastest with one spinning thread per core: benchmarks/throughput.py measures it so.
+THREADS_PER_CPU = 2
 
 
 def cpu_nodes() -> int:
@@ -30,3 +42,14 @@ def cpu_per_data_task(cpus: float, nodes: int, reserved: float) -> float:
     keeps 0.99), so that a task always fits."""
     left = (cpus - reserved) / nodes
     return 1.0 if left >= 1 else max(0.01, math.floor(left * 1e4) / 1e4)  # down: a task must fit
+
+
+def threads_per_actor(cpus: float, actors: int) -> int:
+    """torch threads for each of `actors` CPU model actors sharing `cpus` CPUs (see THREADS_PER_CPU)."""
+    return THREADS_PER_CPU * max(1, int(cpus // actors))
+
+
+def actor_env() -> dict[str, str]:
+    """Environment variables for the model actors' processes: OpenMP threads that sleep when they wait,
+    unless the user's environment says otherwise."""
+    return {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}

@@ -1,8 +1,9 @@
-"""Throughput: megapixels per second of (a) the bare model in one process (as many torch threads as the
-pipeline's actors have in all, no Ray, no I/O), (b) the full aeflow pipeline on local files, (c) the
+"""Throughput: megapixels per second of (a) the bare model in one process (one torch thread per core, the
+OpenMP default: the model alone is fastest so here, faster than with the actors' two threads per core or
+their sleeping OpenMP threads; no Ray, no I/O), (b) the full aeflow pipeline on local files, (c) the
 same from a moto S3 server on loopback (the bare model runs before and after the two jobs and its mean
-is used: this VM's speed drifts); also the bare model split over one single-threaded process per
-actor (bare_split, the stricter baseline: the pipeline's own layout),
+is used: this VM's speed drifts); also the bare model split over one process per actor with the actors'
+threads and environment (bare_split: the pipeline's own layout without Ray or I/O),
 for compress, decompress and restore over the same real photos; the ratios (b)/(a), (c)/(a); peak
 RSS of the driver and of Ray workers; each job's start-up (seconds to its first result batch, from its
 manifest) and the ratios after it. Prints JSON.
@@ -122,25 +123,32 @@ def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float
     return time.time() - t0
 
 
-def _bare_worker(task: str, arrays: list[np.ndarray], batch: int, start, out) -> None:
-    """One process of bare_split: waits for the others, then times its share with one thread."""
-    torch.set_num_threads(1)
-    bare(task, arrays[:1], batch, 1)  # load the model, warm up
+def _bare_worker(task: str, arrays: list[np.ndarray], batch: int, threads: int, start, out) -> None:
+    """One process of bare_split: waits for the others, then times its share."""
+    torch.set_num_threads(threads)
+    bare(task, arrays[:1], batch, threads)  # load the model, warm up
     start.wait()
-    out.put(bare(task, arrays, batch, 1))
+    out.put(bare(task, arrays, batch, threads))
 
 
-def bare_split(task: str, arrays: list[np.ndarray], batch: int, procs: int) -> float:
-    """Seconds for the model alone in `procs` single-threaded processes at once, each with a share of
-    the images: the layout of the pipeline's actors, without Ray or I/O."""
+def bare_split(task: str, arrays: list[np.ndarray], batch: int, procs: int, threads: int,
+               env: dict[str, str]) -> float:
+    """Seconds for the model alone in `procs` processes of `threads` torch threads at once, each with a
+    share of the images and the actors' environment: the layout of the pipeline's actors, without Ray or I/O."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     start, out = ctx.Barrier(procs), ctx.Queue()
-    workers = [ctx.Process(target=_bare_worker, args=(task, arrays[i::procs], batch, start, out))
+    workers = [ctx.Process(target=_bare_worker, args=(task, arrays[i::procs], batch, threads, start, out))
                for i in range(procs)]
-    for p in workers:
-        p.start()
+    before = dict(os.environ)
+    os.environ.update(env)  # spawned processes start with this environment (libgomp reads it then)
+    try:
+        for p in workers:
+            p.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
     seconds = max(out.get() for _ in workers)
     for p in workers:
         p.join()
@@ -235,13 +243,12 @@ def main() -> None:
 
     cpus = os.cpu_count()
     ray.init(num_cpus=cpus, logging_level="error", log_to_driver=False)
-    opts, threads = pipeline._pool(pipeline.JobConfig(input="", output=""))
-    actors, all_threads = opts["compute"].min_size, opts["compute"].min_size * threads
     warm = f"{tmp}/warmup.txt"
     Path(warm).write_text("\n".join(sorted(os.listdir(src))[:4]) + "\n")
     t0 = time.time()
-    pipeline.compress(pipeline.JobConfig(input=src, output=f"{tmp}/warmup", listing=warm))
+    pool = pipeline.compress(pipeline.JobConfig(input=src, output=f"{tmp}/warmup", listing=warm)).manifest["pool"]
     warmup_s = time.time() - t0
+    actors, threads = pool["actors"], pool["torch_threads_per_actor"]
     results = {}
     for task in args.tasks.split(","):
         n = {"restore": args.restore_images, "decompress": args.decompress_images}.get(task, args.images)
@@ -257,14 +264,14 @@ def main() -> None:
                 run_job("compress", "s3://bench/photos", "s3://bench/out", args.batch_size, listing)
             subset_latents(f"{tmp}/local", n)
             subset_latents("s3://bench/out", n)
-        a = bare(task, arrays[:n], args.batch_size, all_threads)
+        a = bare(task, arrays[:n], args.batch_size, cpus)
         b, b_rss, b_first = run_job(task, src, f"{tmp}/local", args.batch_size, listing)
         server_cpu = cpu_seconds(server.pid)
         c, c_rss, c_first = run_job(task, "s3://bench/photos", "s3://bench/out", args.batch_size, listing)
         server_cpu = cpu_seconds(server.pid) - server_cpu  # the S3 server's share of the two cores
-        a2 = bare(task, arrays[:n], args.batch_size, all_threads)  # again: this machine's speed drifts
+        a2 = bare(task, arrays[:n], args.batch_size, cpus)  # again: this machine's speed drifts
         a_runs, a = (a, a2), (a + a2) / 2
-        split = bare_split(task, arrays[:n], args.batch_size, actors) if actors > 1 else a
+        split = bare_split(task, arrays[:n], args.batch_size, actors, threads, pool["actor_env"])
         left = (n - actors * args.batch_size) / n  # the share of images after every actor's first batch
         results[task] = {
             "images": n, "megapixels": round(mpix, 2),
@@ -289,7 +296,8 @@ def main() -> None:
     print(json.dumps({
         "machine": f"{platform.machine()}, {cpus} CPUs",
         "pipeline": f"{actors} model actors x {threads} torch threads",
-        "bare": f"one process, {all_threads} torch threads; bare_split: {actors} processes x {threads} thread",
+        "bare": f"one process, {cpus} torch threads; bare_split: {actors} processes x {threads} threads, "
+                f"{pool['actor_env']}",
         "warmup_job_s": round(warmup_s, 1), "images": args.images, "size": args.size,
         "input_format": args.input_format, "megapixels": round(args.images * w * h / 1e6, 2),
         # this process: the aeflow driver, but also every photo in memory for the bare runs (see flat_memory.py)

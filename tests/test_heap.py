@@ -108,7 +108,7 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p)
 
 
-def test_model_actors_run_with_one_malloc_arena(ray_local, tmp_path, photos):
+def test_model_actors_run_with_one_malloc_arena_and_sleeping_openmp_threads(ray_local, tmp_path, photos):
     src = tmp_path / "in"
     src.mkdir()
     for i in range(12):
@@ -131,3 +131,7 @@ def test_model_actors_run_with_one_malloc_arena(ray_local, tmp_path, photos):
     assert summary.written == 12
     assert seen, "no model actor process seen during the job"
     assert all(e.get("MALLOC_ARENA_MAX") == "1" for e in seen), {e.get("MALLOC_ARENA_MAX") for e in seen}
+    assert all(e.get("OMP_WAIT_POLICY") == "PASSIVE" for e in seen), {e.get("OMP_WAIT_POLICY") for e in seen}
+    # two torch threads per CPU of each actor's share (aeflow.resources.THREADS_PER_CPU), one actor per CPU
+    assert summary.manifest["pool"]["actors"] == 2
+    assert summary.manifest["pool"]["torch_threads_per_actor"] == 2
