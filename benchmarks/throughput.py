@@ -124,8 +124,7 @@ def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float
 
 
 def _bare_worker(task: str, arrays: list[np.ndarray], batch: int, threads: int, start, out) -> None:
-    """One process of bare_split: waits for the others, then times its share."""
-    torch.set_num_threads(threads)
+    """One process of bare_split: waits for the others, then times its share (bare() sets the threads)."""
     bare(task, arrays[:1], batch, threads)  # load the model, warm up
     start.wait()
     out.put(bare(task, arrays, batch, threads))
