@@ -66,10 +66,11 @@ def _patterns(photos) -> dict[str, np.ndarray]:
             "noise": np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)}
 
 
-def test_png_output_is_lossless_and_as_small_as_pillows(photos):
-    """The jobs' PNG writer (one fixed row filter, for speed) gives back every pixel and alpha value, and files
-    no larger than Pillow's own per-row filter choice at the same zlib settings, on photos and on the patterns
-    where a poor fixed filter costs most (an Average filter made a gradient 60x larger)."""
+def test_png_output_is_lossless_and_near_pillows_size(photos):
+    """The jobs' PNG writer (one fixed row filter and libdeflate's fastest level, for speed) gives back every
+    pixel and alpha value, in files close to Pillow's own per-row filter choice at zlib level 1: 2-3% larger on
+    whole photos (benchmarks/RESULTS.md), at most 18% on these small crops, and no blow-up on the patterns where
+    a fixed filter costs most (an Average filter under zlib's run-length matching made a gradient 60x larger)."""
     for name, arr in _patterns(photos).items():
         alpha = (np.arange(arr.shape[0] * arr.shape[1]) % 256).astype(np.uint8).reshape(arr.shape[:2])
         for a in (None, alpha):
@@ -80,7 +81,7 @@ def test_png_output_is_lossless_and_as_small_as_pillows(photos):
                 assert np.array_equal(back[..., 3], a), name
             pil = Image.fromarray(arr) if a is None else Image.fromarray(np.dstack([arr, a]), "RGBA")
             reference = len(_png(pil, compress_level=1, compress_type=3))
-            assert len(data) <= 1.03 * reference + 200, (name, len(data), reference)
+            assert len(data) <= 1.2 * reference + 500, (name, len(data), reference)
 
 
 def test_png_output_keeps_the_icc_profile(photos):
