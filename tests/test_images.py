@@ -68,7 +68,7 @@ def _patterns(photos) -> dict[str, np.ndarray]:
 
 def test_png_output_is_lossless_and_near_pillows_size(photos):
     """The jobs' PNG writer (one fixed row filter and libdeflate's fastest level, for speed) gives back every
-    pixel and alpha value, in files close to Pillow's own per-row filter choice at zlib level 1: 2-3% larger on
+    pixel and alpha value, in files close to Pillow's own per-row filter choice at zlib level 1: 2-4% larger on
     whole photos (benchmarks/RESULTS.md), at most 18% on these small crops, and no blow-up on the patterns where
     a fixed filter costs most (an Average filter under zlib's run-length matching made a gradient 60x larger)."""
     for name, arr in _patterns(photos).items():
