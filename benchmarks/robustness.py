@@ -19,11 +19,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import ray
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests/ helpers: the same corpus
 from aeflow import pipeline  # noqa: E402
+from aeflow.samples import photo_crops  # noqa: E402
 from tests.badfiles import awkward_files, bad_files, write_all  # noqa: E402
-from tests.test_faults import _kill_when, _many_images  # noqa: E402
+from tests.processes import kill_when  # noqa: E402
 
 
 def _run(name: str, job: pipeline.JobConfig, actor: str, progress, good: int, bad: set[str]) -> dict:
@@ -31,7 +33,7 @@ def _run(name: str, job: pipeline.JobConfig, actor: str, progress, good: int, ba
     t0 = time.time()
     thread = threading.Thread(target=lambda: out.update(s=getattr(pipeline, name)(job)), daemon=True)
     thread.start()
-    killed = _kill_when(actor, progress)
+    killed = kill_when(actor, progress)  # a worker of this process's own Ray
     thread.join()
     s = out["s"]
     ledger = (pq.ParquetDataset(sorted(str(p) for p in Path(job.output).glob("latents-*.parquet")))
@@ -56,7 +58,9 @@ def main() -> None:
     import skimage.data
 
     photo = skimage.data.coffee()[:200, :300]
-    _many_images(src, args.good, size=192)
+    for i, arr in enumerate(photo_crops(args.good, 192, 192)):
+        (src / f"batch{i // 10}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(src / f"batch{i // 10}/img{i:03d}.png")
     bad, odd = bad_files(photo), awkward_files(photo)
     write_all(src, bad)
     write_all(src, odd)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import tempfile
 import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,21 +18,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def processes(pattern: str) -> list[int]:
-    """PIDs of other processes whose command line (Ray sets it to the actor's name) contains pattern."""
-    from pathlib import Path
-
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if pattern in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
-    return pids
 
 
 def _port_outside_rays_ranges() -> int:
@@ -58,6 +46,20 @@ os.environ.update({
 })
 
 
+class LocalRay:
+    """The tests' own Ray; its session folder records every actor it started."""
+
+    def __init__(self, temp_dir: str):
+        self.temp_dir = temp_dir
+
+    def actors_started(self, class_name: str) -> int:
+        """Actors of a class this Ray has started so far, alive or not: each actor's worker writes an
+        ":actor_name:<class>" line to its log file in the session folder when the actor is created."""
+        logs = Path(self.temp_dir, "session_latest", "logs")
+        return sum(f.read_text(errors="replace").count(f":actor_name:{class_name}\n")
+                   for f in logs.glob("worker-*.out"))
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the session, 2 CPUs as on CI, in its own temp dir."""
@@ -65,7 +67,7 @@ def ray_local():
 
     temp = tempfile.mkdtemp(prefix="aer", dir="/tmp")
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", _temp_dir=temp)
-    yield ray
+    yield LocalRay(temp)
     ray.shutdown()
 
 
@@ -123,6 +125,36 @@ def photos() -> dict[str, np.ndarray]:
         "chelsea": _crop(skimage.data.chelsea(), 100, 130),
         "coffee": _crop(skimage.data.coffee(), 97, 141),
     }
+
+
+def encoded(arr: np.ndarray, fmt: str = "PNG", **save) -> bytes:
+    """An image file's bytes (Pillow; the mode follows the array: RGB, RGBA, L, 16-bit grey)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".webp": "WEBP"}
+
+
+def write_photos(folder: Path, photos: Mapping[str, np.ndarray], **save) -> Path:
+    """Save each name -> pixels of `photos` under folder, in the format its extension names (.png when it
+    has none); names may hold subfolders. Returns the folder."""
+    folder = Path(folder)
+    for name, arr in photos.items():
+        path = folder / (name if Path(name).suffix.lower() in FORMATS else f"{name}.png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encoded(arr, FORMATS[path.suffix.lower()], **save))
+    return folder
+
+
+def many_photos(n: int, size: int) -> dict[str, np.ndarray]:
+    """n distinct size x size real-photo crops, ten to a folder: batch0/img000.png ..."""
+    from aeflow.samples import photo_crops
+
+    return {f"batch{i // 10}/img{i:03d}.png": arr for i, arr in enumerate(photo_crops(n, size, size))}
 
 
 # The shipped codec's round trip on the test photos (measured: 21.6-27 dB) must beat this; an untrained

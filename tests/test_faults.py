@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -13,49 +12,21 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
 
 from aeflow import pipeline
 from aeflow.training import TrainConfig, train
-from tests.conftest import processes
+from tests.conftest import many_photos, write_photos
+from tests.processes import kill_tree, kill_when
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _kill_when(pattern: str, ready, timeout: float = 180) -> int:
-    """Once ready() holds, SIGKILL the first process matching pattern; returns its pid (0 if none)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if ready():
-            pids = processes(pattern)
-            if pids:
-                os.kill(pids[0], signal.SIGKILL)
-                return pids[0]
-        time.sleep(0.2)
-    return 0
-
-
 def _many_images(folder: Path, n: int, size: int = 256) -> list[str]:
-    """n distinct real-photo crops (offsets and flips of scikit-image's photos), size x size (<= 400)."""
-    import skimage.data
-
-    folder.mkdir(parents=True, exist_ok=True)
-    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket(), skimage.data.hubble_deep_field()]
-    names = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        y = (i * 7) % (src.shape[0] - size + 1)
-        x = (i * 13) % (src.shape[1] - size + 1)
-        crop = src[y:y + size, x:x + size]
-        if i % 2:
-            crop = crop[:, ::-1]
-        name = f"batch{i // 10}/img{i:03d}.png"
-        (folder / name).parent.mkdir(exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(crop)).save(folder / name)
-        names.append(name)
-    return names
+    """n distinct real-photo crops written under folder; their keys."""
+    crops = many_photos(n, size)
+    write_photos(folder, crops)
+    return list(crops)
 
 
 def _run_in_thread(fn):
@@ -77,7 +48,7 @@ def test_worker_sigkilled_mid_restore_loses_nothing_and_writes_nothing_twice(ray
     out = tmp_path / "out"
     job = pipeline.JobConfig(input=str(tmp_path / "in"), output=str(out), batch_size=2, flush_rows=1)
     thread, res = _run_in_thread(lambda: pipeline.restore(job))
-    killed = _kill_when("MapBatches(RestoreImages)", lambda: len(list(out.rglob("img*.png"))) >= 4)
+    killed = kill_when("MapBatches(RestoreImages)", lambda: len(list(out.rglob("img*.png"))) >= 4)
     thread.join(timeout=400)
     assert killed, "the worker was never seen to kill"
     assert "error" not in res, res.get("error")
@@ -106,10 +77,8 @@ def test_driver_killed_mid_job_rerun_finishes_the_rest(ray_local, tmp_path):
             assert time.time() < deadline, "the driver made no progress"
             time.sleep(0.2)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        kill_tree(driver.pid)  # the driver and its own local Ray (its descendants), nothing else
         driver.wait()
-        for pid in processes(ray_tmp):  # that driver's own local Ray, and nothing else
-            os.kill(pid, signal.SIGKILL)
     assert not (out / "manifest.json").exists()
     rerun = pipeline.restore(pipeline.JobConfig(input=str(tmp_path / "in"), output=str(out)))
     assert rerun.done_before >= 2 and rerun.done_before + rerun.written == 30 and rerun.failed == 0
@@ -124,15 +93,17 @@ def test_training_worker_killed_restores_latest_checkpoint(ray_local, tmp_path):
                       name="t", workers=2, epochs=8, batch_size=2, crop=64, crops_per_image=24, channels=16,
                       latent_channels=8)
     thread, res = _run_in_thread(lambda: train(cfg))
-    first_seen: list[float] = []
+    snapshot = tmp_path / "ckpt" / "t" / "checkpoint_manager_snapshot.json"
 
     def checkpoint_registered() -> bool:
-        """A checkpoint on disk for 3 s: Train's controller has then taken in its report."""
-        if not first_seen and list((tmp_path / "ckpt" / "t").glob("checkpoint_*")):
-            first_seen.append(time.time())
-        return bool(first_seen) and time.time() - first_seen[0] > 3
+        """Train's controller has taken in a checkpoint: its own record of them, which it writes when it
+        registers one, lists it."""
+        try:
+            return bool(json.loads(snapshot.read_text()).get("checkpoint_results"))
+        except (OSError, ValueError):  # not written yet, or caught mid-write
+            return False
 
-    killed = _kill_when("RayTrainWorker", checkpoint_registered)
+    killed = kill_when("RayTrainWorker", checkpoint_registered)
     thread.join(timeout=500)
     assert killed, "no training worker was seen to kill"
     assert "error" not in res, res.get("error")

@@ -9,10 +9,9 @@ import threading
 import time
 from pathlib import Path
 
-from PIL import Image
-
 from aeflow import heap, pipeline
-from tests.conftest import processes
+from tests.conftest import write_photos
+from tests.processes import ray_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,16 +108,13 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 def test_model_actors_run_with_one_malloc_arena_and_sleeping_openmp_threads(ray_local, tmp_path, photos):
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(12):
-        Image.fromarray(photos["astronaut"]).save(src / f"{i:02d}.png")
+    src = write_photos(tmp_path / "in", {f"{i:02d}": photos["astronaut"] for i in range(12)})
     seen: list[dict[str, str]] = []
     done = threading.Event()
 
     def watch():
         while not done.is_set():
-            seen.extend(e for e in map(_environ, processes("ray::MapWorker(MapBatches(EncodeImages))")) if e)
+            seen.extend(e for e in map(_environ, ray_workers("MapBatches(EncodeImages)")) if e)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch, daemon=True)

@@ -20,14 +20,6 @@ def _write(folder, name, arr, fmt="PNG"):
     Image.fromarray(arr).save(path, format=fmt)
 
 
-def _footer_readers() -> int:
-    """Ray Data Parquet footer-reading actors this cluster has started (alive or dead). The GCS's actor
-    table, read without the dashboard, which the test cluster does not run."""
-    import ray._private.state
-
-    return sum(a["ActorClassName"].endswith("FooterReader") for a in ray._private.state.actors().values())
-
-
 @pytest.fixture
 def mixed_input(tmp_path, photos):
     """Good photos (one nested), a truncated JPEG, a text file named .png, and a non-image file."""
@@ -62,11 +54,11 @@ def test_bad_inputs_are_recorded_and_good_ones_all_written(ray_local, mixed_inpu
     assert 0 < manifest["first_result_seconds"] <= manifest["seconds"]  # the job's start-up, apart
 
     dec = tmp_path / "decoded"
-    footer_readers_before = _footer_readers()
+    footer_readers_before = ray_local.actors_started("FooterReader")
     summary = pipeline.decompress(pipeline.JobConfig(input=str(out), output=str(dec)))
     assert summary.written == 3 and summary.failed == 0
     # Ray Data's default reader would start 32 footer-reading actors (about 2 s of CPU each here) for this file
-    assert _footer_readers() - footer_readers_before == 0
+    assert ray_local.actors_started("FooterReader") - footer_readers_before == 0
     assert ray.data.DataContext.get_current().use_datasource_v2  # the reader choice was scoped to the read
     got = images.decode_image((dec / "nested/deeper/chelsea.png").read_bytes())[0]
     assert got.shape == photos["chelsea"].shape
