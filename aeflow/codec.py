@@ -28,10 +28,12 @@ import torch
 
 import aeflow
 from aeflow.models.entropy import TABLE_BITS
+from aeflow.models.hyperprior import LAYERS as _HS_LAYERS
 from aeflow.models.hyperprior import scales_and_means
 from aeflow.models.layers import pad_to_multiple
 from aeflow.tiling import images_per_call
 
+_LAST_HS = _HS_LAYERS[-1][0]
 MAGIC = b"AEFL"
 FORMAT_VERSION = 2
 CODER_RANGE_FACTORIZED = 3  # range coder, one factorized-prior table per channel
@@ -78,19 +80,29 @@ class _Table:
 
 class Tables:
     """A codec model's integer frequency tables as range-coder models: one per (level, channel) of the
-    factorized priors; with a hyperprior, one per channel of z and one per Gaussian scale."""
+    factorized priors; with a hyperprior, one per channel of z (per level where it codes every level)
+    and one per Gaussian scale."""
 
     def __init__(self, extra: dict[str, torch.Tensor]):
-        if "coder.lo" not in extra:
-            raise BitstreamError("this codec model has no entropy-coder tables (re-export it with aeflow train)")
-        self.lo = extra["coder.lo"].numpy().astype(np.int64)  # (levels, channels)
-        self.levels, self.channels = self.lo.shape
-        self._probs = _split(extra, "coder")
         self._tables: dict[tuple, _Table] = {}
-        self.hyper = "hyper.g.freqs" in extra  # the top level is coded under the scale hyperprior
+        self.hyper = "hyper.g.freqs" in extra
+        self.factorized = "coder.lo" in extra  # a factorized prior per level (a top-level hyperprior beside them)
+        if self.factorized:
+            self.lo = extra["coder.lo"].numpy().astype(np.int64)  # (levels, channels)
+            self.levels, self.channels = self.lo.shape
+            self._probs = _split(extra, "coder")
+        elif self.hyper:  # the hyperprior codes every level
+            self.levels = extra["hyper.z.lo"].shape[0] if extra["hyper.z.lo"].dim() == 2 else 1
+            self.channels = extra[f"hyper.{_LAST_HS}.weight"].shape[0] // 2
+        else:
+            raise BitstreamError("this codec model has no entropy-coder tables (re-export it with aeflow train)")
+        self.hyper_levels: frozenset[int] = frozenset()
         if self.hyper:
             self.extra = extra
-            self.z_lo = extra["hyper.z.lo"].numpy().astype(np.int64)
+            self.z_lo = extra["hyper.z.lo"].numpy().astype(np.int64).reshape(-1, extra["hyper.z.lo"].shape[-1])
+            self.z_channels = self.z_lo.shape[1]
+            every = self.z_lo.shape[0] > 1 or not self.factorized
+            self.hyper_levels = frozenset(range(self.levels)) if every else frozenset({self.levels - 1})
             self._z_probs, self._g_probs = _split(extra, "hyper.z"), _split(extra, "hyper.g")
 
     def prior(self, level: int, channel: int) -> _Table:
@@ -99,10 +111,11 @@ class Tables:
             self._tables[key] = _Table(self._probs[level * self.channels + channel], self.lo[level, channel])
         return self._tables[key]
 
-    def side(self, channel: int) -> _Table:
-        key = ("z", channel)
+    def side(self, level: int, channel: int) -> _Table:
+        row = level if self.z_lo.shape[0] > 1 else 0  # one z prior per level, or one for the top level
+        key = ("z", row, channel)
         if key not in self._tables:
-            self._tables[key] = _Table(self._z_probs[channel], self.z_lo[channel])
+            self._tables[key] = _Table(self._z_probs[row * self.z_channels + channel], self.z_lo[row, channel])
         return self._tables[key]
 
     def gaussian(self, index: int) -> _Table:
@@ -158,17 +171,17 @@ def pack(q: np.ndarray, level: int, tables: Tables, fingerprint: str, width: int
          mode: str = "RGB", alpha: np.ndarray | None = None, icc: bytes | None = None,
          z: np.ndarray | None = None) -> bytes:
     """Integer symbols (C, h, w) of quality level `level` (0-based) -> bitstream bytes. With side
-    information z (the top level of a hyperprior codec) each symbol's table is picked from z."""
+    information z (a level coded under the hyperprior) each symbol's table is picked from z."""
     q = np.asarray(q, np.int64)
     c, h, w = q.shape
     encoder = constriction.stream.queue.RangeEncoder()
     escapes: list[np.ndarray] = []
     if z is not None:
-        if not (tables.hyper and level == tables.levels - 1):
-            raise ValueError("side information is only coded at the top level of a hyperprior codec")
+        if level not in tables.hyper_levels:
+            raise ValueError(f"level {level + 1} of this codec is not coded under a hyperprior")
         z = np.asarray(z, np.int64)
         for ch in range(z.shape[0]):
-            _put(encoder, z[ch].ravel(), tables.side(ch), escapes)
+            _put(encoder, z[ch].ravel(), tables.side(level, ch), escapes)
         index, mean = scales_and_means(tables.extra, z, (h, w))
         residual = q - mean
         for k in np.unique(index).tolist():
@@ -240,18 +253,20 @@ def unpack(data: bytes, tables: Tables, fingerprint: str) -> tuple[np.ndarray, d
     q = np.empty((c, h, w), np.int64)
     used = 0
     if head["coder"] == CODER_RANGE_HYPER:
-        if not (tables.hyper and level == tables.levels - 1):
+        if level not in tables.hyper_levels:
             raise BitstreamError(f"level {level + 1} was coded with a hyperprior that this model does not have")
-        zc, zh, zw = len(tables.z_lo), -(-h // 4), -(-w // 4)
+        zc, zh, zw = tables.z_channels, -(-h // 4), -(-w // 4)
         z = np.empty((zc, zh * zw), np.int64)
         for ch in range(zc):
-            z[ch], used = _get(decoder, zh * zw, tables.side(ch), escapes, used)
+            z[ch], used = _get(decoder, zh * zw, tables.side(level, ch), escapes, used)
         index, mean = scales_and_means(tables.extra, z.reshape(zc, zh, zw), (h, w))
         for k in np.unique(index).tolist():
             where = index == k
             residual, used = _get(decoder, int(where.sum()), tables.gaussian(k), escapes, used)
             q[where] = residual + mean[where]
     else:
+        if not tables.factorized:
+            raise BitstreamError(f"level {level + 1}: this model has no factorized tables, only its hyperprior")
         for ch in range(c):
             values, used = _get(decoder, h * w, tables.prior(level, ch), escapes, used)
             q[ch] = values.reshape(h, w)
@@ -321,7 +336,7 @@ def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALI
     def stream(i: int, level: int) -> bytes:
         q = module.quantize(y[i:i + 1], level)[0].cpu().numpy()
         z = None
-        if tables.hyper and level == tables.levels - 1:  # side information from the scaled latents
+        if level in tables.hyper_levels:  # side information from the scaled latents
             z = torch.round(module.hyper.side(y[i:i + 1] * module._gain(module.log_gain, level)))[0].cpu().numpy()
         return pack(q, level, tables, loaded.fingerprint, w, h, modes[i], alphas[i], iccs[i], z)
 

@@ -61,8 +61,9 @@ def save_model(module: torch.nn.Module, out_uri: str, training: dict | None = No
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in module.state_dict().items()}
     extra = dict(extra or {})
     if module.config.kind == "codec":  # the coder's integer tables, fixed here once and for all
-        extra.update(export_tables(list(module.priors)))
-        if module.hyper is not None:  # the top level's hyperprior: its tables and fixed-point h_s
+        if len(module.priors):  # the factorized priors' tables (none where the hyperprior codes every level)
+            extra.update(export_tables(list(module.priors)))
+        if module.hyper is not None:  # the hyperprior's tables and fixed-point h_s
             extra.update(module.hyper.export())
     for k, v in extra.items():
         v = v.detach().cpu()

@@ -16,7 +16,7 @@ from torch import nn
 
 from aeflow.models.entropy import FactorizedPrior
 from aeflow.models.hyperprior import ScaleHyperprior
-from aeflow.models.layers import GDN, pad_to_multiple
+from aeflow.models.layers import GDN, Fp32Conv2d, Fp32ConvTranspose2d, pad_to_multiple
 
 # CompressAI's lambdas for its MSE-trained quality levels 1..8 (loss = bits/pixel + lambda * 255^2 * MSE).
 DEFAULT_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
@@ -31,7 +31,8 @@ class ConvAutoencoderConfig:
     latent_channels: int = 128  # channels of the latent grid (one value per 16x16 pixels each)
     stride: int = 16  # total downsampling; fixed by the 4 stride-2 layers
     lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)  # one quality level per lambda, low to high
-    hyperprior: bool = False  # the top level's symbols are coded under a scale hyperprior (models/hyperprior.py)
+    hyperprior: bool = False  # symbols are coded under a mean-scale hyperprior (models/hyperprior.py)
+    hyperprior_levels: str = "top"  # with hyperprior: "top" (the top level only) or "all" (every level)
 
     def __post_init__(self):
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
@@ -46,25 +47,29 @@ class ConvAutoencoder(nn.Module):
         self.config = config
         n, m, levels = config.channels, config.latent_channels, len(config.lambdas)
 
-        def down(cin: int, cout: int) -> nn.Conv2d:
-            return nn.Conv2d(cin, cout, 5, stride=2, padding=2)
+        def down(cin: int, cout: int, conv=nn.Conv2d) -> nn.Conv2d:
+            return conv(cin, cout, 5, stride=2, padding=2)
 
-        def up(cin: int, cout: int) -> nn.ConvTranspose2d:
-            return nn.ConvTranspose2d(cin, cout, 5, stride=2, padding=2, output_padding=1)
+        def up(cin: int, cout: int, conv=nn.ConvTranspose2d) -> nn.ConvTranspose2d:
+            return conv(cin, cout, 5, stride=2, padding=2, output_padding=1)
 
+        # The first and last layer of each transform stay fp32 under autocast (models/layers.py).
         self.encoder = nn.Sequential(
-            down(3, n), GDN(n), down(n, n), GDN(n), down(n, n), GDN(n), down(n, m)
+            down(3, n, Fp32Conv2d), GDN(n), down(n, n), GDN(n), down(n, n), GDN(n), down(n, m, Fp32Conv2d)
         )
         self.decoder = nn.Sequential(
-            up(m, n), GDN(n, inverse=True), up(n, n), GDN(n, inverse=True),
-            up(n, n), GDN(n, inverse=True), up(n, 3),
+            up(m, n, Fp32ConvTranspose2d), GDN(n, inverse=True), up(n, n), GDN(n, inverse=True),
+            up(n, n), GDN(n, inverse=True), up(n, 3, Fp32ConvTranspose2d),
         )
         # Log-gains start spread over 8x so that the levels differ from the first step.
         start = torch.linspace(-1.0, 2.0, levels).view(levels, 1).expand(levels, m) if levels > 1 else torch.zeros(1, m)
         self.log_gain = nn.Parameter(start.clone())
         self.log_inv_gain = nn.Parameter(-start.clone())
-        self.priors = nn.ModuleList(FactorizedPrior(m) for _ in range(levels))
-        self.hyper = ScaleHyperprior(m) if config.hyperprior else None  # replaces the top level's prior
+        if config.hyperprior_levels not in ("top", "all"):
+            raise ValueError(f"hyperprior_levels {config.hyperprior_levels!r}: 'top' or 'all'")
+        every = config.hyperprior and config.hyperprior_levels == "all"
+        self.priors = nn.ModuleList(FactorizedPrior(m) for _ in range(0 if every else levels))
+        self.hyper = ScaleHyperprior(m, levels=levels if every else 1) if config.hyperprior else None
 
     @property
     def levels(self) -> int:
@@ -104,12 +109,14 @@ class ConvAutoencoder(nn.Module):
         noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         rounded = y + (torch.round(y) - y).detach()
         x_hat = self.decode(rounded * self._gain(self.log_inv_gain, levels), x.shape[-2:]) if decode else None
+        if self.hyper is not None and self.hyper.z_levels > 1:  # every level: one batched pass, no host sync
+            return x_hat, self.hyper.bits(y, levels)
         bits = torch.zeros(x.shape[0], device=x.device)
         for level in levels.unique().tolist():
             idx = levels == level
             if self.hyper is not None and level == self.levels - 1:
                 bits[idx] = self.hyper.bits(y[idx])
                 continue
-            lik = self.priors[level].likelihood(noisy[idx])
+            lik = self.priors[level].likelihood(noisy[idx].float())
             bits[idx] = -torch.log2(lik).sum(dim=(1, 2, 3))
         return x_hat, bits

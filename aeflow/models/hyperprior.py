@@ -1,4 +1,4 @@
-"""A hyperprior (Balle et al. 2018, with Minnen et al.'s predicted means) for the codec's top quality level.
+"""A mean-scale hyperprior (Balle et al. 2018, with Minnen et al.'s predicted means) for the codec's levels.
 
 Beside the latent symbols q, the encoder sends side information z = round(h_a(|y|)), a grid 4x coarser,
 coded under its own factorized prior. From z both sides compute, for every symbol, an integer mean and
@@ -10,6 +10,10 @@ Means and indices must come out the same in the encoder and in every decoder. So
 h_s is turned into integers (fixed-point weights, activations floored to 8 fractional bits) and run in
 float64 on the CPU: every product and sum is then an integer below 2**53, exact in any order, on any
 machine and thread count. Training uses the float network; the exported one is what codes.
+
+One h_a / h_s serves every level it codes: they see the level's gain-scaled latents, so the gains carry
+the level. Only z's factorized prior is per level (z's magnitudes grow with the level's gain).
+The hyperprior runs in fp32 even under a bf16 autocast: its scales and likelihoods need the mantissa.
 """
 
 from __future__ import annotations
@@ -27,15 +31,16 @@ SCALES = np.exp(np.linspace(math.log(0.11), math.log(256.0), 64))  # CompressAI'
 _STEP = math.log(SCALES[1] / SCALES[0])
 WEIGHT_BITS = 14  # fixed-point fraction bits of the exported weights
 ACT_BITS = 8  # fraction bits kept of each hidden activation
-_LAYERS = (("s0", True), ("s2", True), ("s4", False))  # h_s layers (name, transposed) as in the Sequential
+LAYERS = (("s0", True), ("s2", True), ("s4", False))  # h_s layers (name, transposed) as in the Sequential
 
 
 class ScaleHyperprior(nn.Module):
     """h_a: |latents| -> z (1/4 size); h_s: z -> per latent, a scale index (in index units) and a mean."""
 
-    def __init__(self, latent_channels: int, channels: int = 64):
+    def __init__(self, latent_channels: int, channels: int = 64, levels: int = 1):
         super().__init__()
         m, n = latent_channels, channels
+        self.z_levels = levels
         self.h_a = nn.Sequential(
             nn.Conv2d(m, n, 3, padding=1), nn.ReLU(),
             nn.Conv2d(n, n, 5, stride=2, padding=2), nn.ReLU(),
@@ -50,7 +55,7 @@ class ScaleHyperprior(nn.Module):
             self.h_s[-1].weight[m:] = 0.0
             self.h_s[-1].bias[:m] = 24.0
             self.h_s[-1].bias[m:] = 0.0
-        self.z_prior = FactorizedPrior(n)
+        self.z_prior = FactorizedPrior(n * levels)  # level l's density for z channel c is channel l * n + c
 
     def side(self, y: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, M, h, w) -> continuous side information (B, N, ceil(h/4), ceil(w/4)), from
@@ -58,30 +63,40 @@ class ScaleHyperprior(nn.Module):
         h, w = y.shape[-2:]
         return self.h_a(F.pad(y.abs(), (0, -w % 4, 0, -h % 4)))
 
-    def bits(self, y: torch.Tensor) -> torch.Tensor:
+    def bits(self, y: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
         """Training rate of scaled latents y (B, M, h, w) (continuous): bits per image, side info included.
-        Noisy stand-ins for rounding give the likelihoods; h_s sees rounded z (straight through)."""
-        z = self.side(y)
-        z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
-        z_hat = z + (torch.round(z) - z).detach()
-        t, mean = self.h_s(z_hat)[..., : y.shape[-2], : y.shape[-1]].chunk(2, dim=1)
-        sigma = torch.exp(math.log(SCALES[0]) + t.clamp(0, len(SCALES) - 1) * _STEP)
-        y_noisy = (y + torch.empty_like(y).uniform_(-0.5, 0.5) - mean).abs()
-        p = _phi((0.5 - y_noisy) / sigma) - _phi((-0.5 - y_noisy) / sigma)
-        bits_y = -torch.log2(p.clamp_min(1e-9)).sum(dim=(1, 2, 3))
-        bits_z = -torch.log2(self.z_prior.likelihood(z_noisy)).sum(dim=(1, 2, 3))
-        return bits_y + bits_z
+        Noisy stand-ins for rounding give the likelihoods; h_s sees rounded z (straight through).
+        `levels` (B,) picks each image's z prior when there is one per level."""
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            y = y.float()
+            z = self.side(y)
+            z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+            z_hat = z + (torch.round(z) - z).detach()
+            t, mean = self.h_s(z_hat)[..., : y.shape[-2], : y.shape[-1]].chunk(2, dim=1)
+            sigma = torch.exp(math.log(SCALES[0]) + t.clamp(0, len(SCALES) - 1) * _STEP)
+            y_noisy = (y + torch.empty_like(y).uniform_(-0.5, 0.5) - mean).abs()
+            p = _phi((0.5 - y_noisy) / sigma) - _phi((-0.5 - y_noisy) / sigma)
+            bits_y = -torch.log2(p.clamp_min(1e-9)).sum(dim=(1, 2, 3))
+            return bits_y + self._z_bits(z_noisy, levels)
+
+    def _z_bits(self, z: torch.Tensor, levels: torch.Tensor | None) -> torch.Tensor:
+        if self.z_levels == 1:
+            return -torch.log2(self.z_prior.likelihood(z)).sum(dim=(1, 2, 3))
+        b, n = z.shape[:2]
+        lik = self.z_prior.likelihood(z.repeat(1, self.z_levels, 1, 1))  # every level's density: z is small
+        lik = lik.view(b, self.z_levels, n, *z.shape[2:])[torch.arange(b, device=z.device), levels]
+        return -torch.log2(lik).sum(dim=(1, 2, 3))
 
     @torch.no_grad()
     def export(self) -> dict[str, torch.Tensor]:
         """Integer tensors that code: z's tables, the Gaussian tables, and h_s in fixed point."""
         out = {}
-        lo, tables = self.z_prior.integer_tables()
-        out["hyper.z.lo"] = torch.from_numpy(lo)
+        lo, tables = self.z_prior.integer_tables()  # per level, level-major, when there is one per level
+        out["hyper.z.lo"] = torch.from_numpy(lo if self.z_levels == 1 else lo.reshape(self.z_levels, -1))
         out["hyper.z.offsets"], out["hyper.z.freqs"] = flatten_tables(tables)
         out["hyper.g.offsets"], out["hyper.g.freqs"] = flatten_tables(gaussian_tables())
         scale_in = 0  # fraction bits of the layer's input: z is integer, hidden activations have ACT_BITS
-        for name, _ in _LAYERS:
+        for name, _ in LAYERS:
             layer = self.h_s[int(name[1:])]
             w = torch.round(layer.weight.double() * 2**WEIGHT_BITS)
             if w.abs().max() >= 2**24:
@@ -117,14 +132,14 @@ def scales_and_means(extra: dict[str, torch.Tensor], z: np.ndarray,
     identical in every decoder."""
     x = torch.from_numpy(np.asarray(z, np.float64))[None]
     scale_in = 0
-    for name, transposed in _LAYERS:
+    for name, transposed in LAYERS:
         w = extra[f"hyper.{name}.weight"].to(torch.float64)
         b = extra[f"hyper.{name}.bias"].to(torch.float64)
         if transposed:
             x = F.conv_transpose2d(x, w, b, stride=2, padding=2, output_padding=1)
         else:
             x = F.conv2d(x, w, b, padding=1)
-        if name != _LAYERS[-1][0]:  # ReLU, then keep ACT_BITS fraction bits: floor of an exact quotient
+        if name != LAYERS[-1][0]:  # ReLU, then keep ACT_BITS fraction bits: floor of an exact quotient
             x = torch.floor(x.clamp_min(0) / 2 ** (WEIGHT_BITS + scale_in - ACT_BITS))
             scale_in = ACT_BITS
     t, mean = (x[0, :, : shape[0], : shape[1]] / 2 ** (WEIGHT_BITS + scale_in)).chunk(2)  # exact: a power of 2

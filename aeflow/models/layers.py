@@ -9,7 +9,8 @@ from torch import nn
 
 class GDN(nn.Module):
     """Generalized divisive normalization (Balle et al. 2016), the standard nonlinearity of
-    learned image codecs: y = x / sqrt(beta + gamma * x^2), or its inverse for the decoder."""
+    learned image codecs: y = x / sqrt(beta + gamma * x^2), or its inverse for the decoder. It runs in
+    fp32 under a bf16 autocast: the squares and the root lose too much in an 8-bit mantissa."""
 
     def __init__(self, channels: int, inverse: bool = False):
         super().__init__()
@@ -18,11 +19,30 @@ class GDN(nn.Module):
         self.gamma = nn.Parameter(0.1 * torch.eye(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        beta = self.beta.abs() + 1e-6
-        gamma = self.gamma.abs().view(c, c, 1, 1)
-        norm = torch.sqrt(F.conv2d(x * x, gamma, beta))
-        return x * norm if self.inverse else x / norm
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            c = x.shape[1]
+            beta = self.beta.abs() + 1e-6
+            gamma = self.gamma.abs().view(c, c, 1, 1)
+            norm = torch.sqrt(F.conv2d(x * x, gamma, beta))
+            return x * norm if self.inverse else x / norm
+
+
+class Fp32Conv2d(nn.Conv2d):
+    """A convolution that stays fp32 under a bf16 autocast: for a transform's first and last layers,
+    whose outputs are the latents to be rounded and the pixels to be scored."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x.float())
+
+
+class Fp32ConvTranspose2d(nn.ConvTranspose2d):
+    """The transposed convolution of Fp32Conv2d."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(x.float(), output_size)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
