@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from aeflow import codec
+from aeflow import images
 
 TASKS = ("denoise", "deblock", "deblur", "inpaint")
 
@@ -56,12 +56,10 @@ def jpeg(x: torch.Tensor, quality: torch.Tensor | float) -> torch.Tensor:
     qualities = _per_image(quality, x).flatten().round().int().tolist()
     out = []
     for img, q in zip(x, qualities):
-        arr = codec.to_uint8(img.cpu())
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=int(q))
-        back = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-        out.append(torch.from_numpy(back.copy()).permute(2, 0, 1))
-    return torch.stack(out).to(x.device, x.dtype) / 255.0
+        Image.fromarray(images.to_uint8(img)).save(buf, format="JPEG", quality=int(q))
+        out.append(np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB")))
+    return images.to_tensor(out, x.device).to(x.dtype)
 
 
 def _blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:

@@ -14,18 +14,11 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from aeflow import degrade, evaluate, images, metrics, pipeline
+from aeflow import degrade, evaluate, images, metrics, pipeline, report
+from aeflow.samples import PHOTOS, demo_photos
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
 NOISE_SIGMA = 25.0
 ENHANCE_STRENGTH = 1.0
-
-
-def demo_photos() -> dict[str, np.ndarray]:
-    """Real colour photos that ship inside scikit-image (no download)."""
-    import skimage.data
-
-    return {name: np.asarray(getattr(skimage.data, name)()) for name in PHOTOS}
 
 
 def _save(folder: str, name: str, arr: np.ndarray) -> None:
@@ -50,8 +43,7 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
     noisy = {}
     for name, arr in photos.items():
         _save(f"{out}/photos", name, arr)
-        x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
-        noisy[name] = degrade.gaussian_noise(x, NOISE_SIGMA, gen)[0].mul(255).round().byte().permute(1, 2, 0).numpy()
+        noisy[name] = images.to_uint8(degrade.gaussian_noise(images.to_tensor(arr)[None], NOISE_SIGMA, gen)[0])
         _save(f"{out}/noisy", name, noisy[name])
     if not ray.is_initialized():
         ray.init(num_cpus=os.cpu_count(), logging_level="warning")
@@ -88,22 +80,13 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
             "denoised_psnr": metrics.psnr(arr, _load(f"{out}/denoised", name)),
         })
     _print_table(rows, comp.written, t_comp, t_dec, t_den)
-    _grid(out, ["astronaut", "chelsea", "coffee"])
+    folders = ["photos", "decompressed", "noisy", "denoised", "enhanced"]  # original, and after each job
+    grid = [[("", _load(f"{out}/{folder}", name)) for folder in folders] for name in ("astronaut", "chelsea", "coffee")]
+    with open(f"{out}/grid.png", "wb") as f:
+        f.write(report.grid_png(grid, size=200))
     print(f"\noutputs: {out}/latents (Parquet, manifest.json, errors.parquet), {out}/decompressed, "
           f"{out}/noisy, {out}/denoised, {out}/enhanced; a before/after picture in {out}/grid.png")
     return rows
-
-
-def _grid(out: str, names: list[str], size: int = 200) -> None:
-    """Centre crops, one row per photo: original | decompressed | noisy | denoised | enhanced."""
-    folders = ["photos", "decompressed", "noisy", "denoised", "enhanced"]
-    grid = Image.new("RGB", (size * len(folders), size * len(names)), "white")
-    for r, name in enumerate(names):
-        for c, folder in enumerate(folders):
-            arr = _load(f"{out}/{folder}", name)
-            y, x = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-            grid.paste(Image.fromarray(arr[y:y + size, x:x + size]), (c * size, r * size))
-    grid.save(f"{out}/grid.png")
 
 
 def _print_table(rows: list[dict], n: int, t_comp: float, t_dec: float, t_den: float) -> None:

@@ -1,7 +1,7 @@
 """`aeflow eval --task denoise|deblock|deblur`: restoration quality against classical tools.
 
 Clean images are degraded with a fixed seed (aeflow.degrade, the same functions training uses), then
-restored by aeflow's model (tiled, as `aeflow restore` runs it: a noise-map denoiser gets the blind
+restored by aeflow's model (aeflow.restoration, as `aeflow restore` runs it: a noise-map denoiser gets the blind
 estimate, and, as `aeflow_sigma_given`, the true sigma) and by the classical baselines a user
 already has on the same degraded images: scikit-image's non-local means, wavelet and TV denoisers, and
 CBM3D (PyPI `bm3d`, given the true sigma) when installed. PSNR and SSIM on the 8-bit RGB outputs, per
@@ -10,30 +10,26 @@ image and mean; eval.json and a before/after grid of crops (grid.png).
 
 from __future__ import annotations
 
-import io
 import json
 import time
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 import aeflow
-from aeflow import codec, degrade, images, metrics, modelstore, storage
-from aeflow.evaluate import image_keys
-from aeflow.models.restorer import with_noise_map
-from aeflow.tiling import tiled
+from aeflow import degrade, images, metrics, modelstore, report, restoration, storage
 
 CONVENTION = "PSNR and SSIM (skimage, RGB, data_range 255) on 8-bit outputs against the clean image"
 
 
 def _tensor(arr: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(arr).copy()).permute(2, 0, 1)[None].float() / 255
+    """One 8-bit image as a batch of one."""
+    return images.to_tensor(arr)[None]
 
 
 def _u8(x: torch.Tensor) -> np.ndarray:
     """The one image of a (1, 3, H, W) batch as 8-bit (H, W, 3)."""
-    return codec.to_uint8(x[0])
+    return images.to_uint8(x[0])
 
 
 def degraded(task: str, arr: np.ndarray, level: float, seed: int) -> np.ndarray:
@@ -100,21 +96,6 @@ def _ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(structural_similarity(a, b, channel_axis=-1, data_range=255))
 
 
-def _grid(rows: list[tuple[str, list[tuple[str, np.ndarray]]]], size: int = 160) -> bytes:
-    """One row per image of centre crops: clean | degraded | aeflow | best classical, labelled."""
-    cols = len(rows[0][1])
-    grid = Image.new("RGB", (size * cols, (size + 14) * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for r, (_, crops) in enumerate(rows):
-        for c, (label, arr) in enumerate(crops):
-            y, x = max(0, (arr.shape[0] - size) // 2), max(0, (arr.shape[1] - size) // 2)
-            grid.paste(Image.fromarray(arr[y:y + size, x:x + size]), (c * size, r * (size + 14) + 14))
-            draw.text((c * size + 3, r * (size + 14) + 1), label, fill="black")
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def evaluate_restorer(input_uri: str, work_uri: str, task: str, level: float, model: str = "", seed: int = 0,
                       tile: int = 512, options: storage.StorageOptions = storage.StorageOptions()) -> dict:
     """Degrade every image under input_uri (fixed seed), restore, compare; write eval.json + grid.png."""
@@ -124,27 +105,21 @@ def evaluate_restorer(input_uri: str, work_uri: str, task: str, level: float, mo
     loaded = modelstore.load_model(name, options)
     if loaded.kind != "restore":
         raise ValueError(f"--model {name}: a {loaded.kind} model, restoration eval needs a restorer")
-    fs, base, keys = image_keys(input_uri, options)
+    found = images.list_images(input_uri, options)
     per_image, grid_rows, seconds = [], [], {}
     pixels = 0.0
-    for i, key in enumerate(keys):
-        clean = images.decode_picture(fs.cat_file(storage.join(base, key))).rgb
+    for i, key in enumerate(found.images):
+        clean = images.decode_picture(found.fs.cat_file(found.path(key))).rgb
         bad = degraded(task, clean, level, seed + i)
         mask = _holes(clean, level, seed + i) if task == "inpaint" else None
-        noise_map = loaded.config.get("noise_map", False)
+        noise_map = restoration.takes_noise_level(loaded.module)
         t0 = time.perf_counter()
-        with torch.inference_mode():
-            x = degrade.with_holes(_tensor(bad), mask) if mask is not None else _tensor(bad)
-            if noise_map:  # blind, as `aeflow restore` runs by default: the estimated noise level
-                x = with_noise_map(x, metrics.noise_sigma(bad))
-            y = tiled(loaded.module, x, tile=tile)
-            ours = _u8(torch.where(mask > 0.5, y, x[:, :3]) if mask is not None else y)
+        sigma = metrics.noise_sigma(bad) if noise_map else None  # blind, as `aeflow restore` runs by default
+        ours = _u8(restoration.restore(loaded.module, _tensor(bad), sigma, mask, tile))
         seconds["aeflow"] = seconds.get("aeflow", 0.0) + time.perf_counter() - t0
         outputs = {"degraded": bad, "aeflow": ours}
         if noise_map and task == "denoise":  # as `aeflow restore --sigma`: told the true level, like CBM3D
-            with torch.inference_mode():
-                given = tiled(loaded.module, with_noise_map(_tensor(bad), level), tile=tile)
-            outputs["aeflow_sigma_given"] = _u8(given)
+            outputs["aeflow_sigma_given"] = _u8(restoration.restore(loaded.module, _tensor(bad), level, tile=tile))
         hole = mask[0, 0].numpy() > 0.5 if mask is not None else None
         for method, arr in baselines(task, bad, level, hole).items():
             outputs[method] = arr
@@ -158,7 +133,7 @@ def evaluate_restorer(input_uri: str, work_uri: str, task: str, level: float, mo
         crops = [("clean", clean), (f"sigma {level:g}" if task == "denoise" else task, bad), ("aeflow", ours)]
         if best:
             crops.append((best, outputs[best]))
-        grid_rows.append((key, crops))
+        grid_rows.append(crops)
     methods = [m for m in per_image[0] if isinstance(per_image[0][m], dict)]
     mean = {m: {k: float(np.mean([r[m][k] for r in per_image])) for k in ("psnr", "ssim")} for m in methods}
     result = {"convention": CONVENTION, "task": task, "level": level, "seed": seed,
@@ -168,5 +143,5 @@ def evaluate_restorer(input_uri: str, work_uri: str, task: str, level: float, mo
     out_fs, out_root = storage.filesystem(work_uri, options)
     out_fs.makedirs(out_root, exist_ok=True)
     storage.write_bytes(out_fs, storage.join(out_root, "eval.json"), json.dumps(result, indent=1).encode())
-    storage.write_bytes(out_fs, storage.join(out_root, "grid.png"), _grid(grid_rows[:4]))
+    storage.write_bytes(out_fs, storage.join(out_root, "grid.png"), report.grid_png(grid_rows[:4]))
     return result

@@ -1,4 +1,5 @@
-"""The one image decoder and encoder of aeflow: bytes <-> uint8 RGB arrays, with clear errors."""
+"""The one image decoder and encoder of aeflow: bytes <-> uint8 RGB arrays, with clear errors; arrays <->
+the float tensors the models take; and the lister of the images under a URI."""
 
 from __future__ import annotations
 
@@ -6,11 +7,17 @@ import io
 import struct
 import warnings
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps
+
+from aeflow import storage
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MAX_PIXELS = 200_000_000  # larger images are refused as decompression bombs
@@ -22,6 +29,44 @@ class ImageError(ValueError):
 
 def is_image_key(key: str) -> bool:
     return key.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class ImageListing:
+    """What a URI holds: every file (key relative to `base` -> (size, tag)), its images first among them."""
+
+    fs: object  # the fsspec filesystem of the URI
+    base: str  # the folder keys are relative to
+    files: dict[str, tuple[int, str]] = field(repr=False)
+
+    @property
+    def images(self) -> dict[str, tuple[int, str]]:
+        """Image keys -> (size, tag), sorted by key."""
+        return {k: v for k, v in self.files.items() if is_image_key(k)}
+
+    @property
+    def others(self) -> list[str]:
+        """Keys that are not images (a job counts them as skipped)."""
+        return [k for k in self.files if not is_image_key(k)]
+
+    def path(self, key: str) -> str:
+        """The full path of a key on `fs`."""
+        return storage.join(self.base, key)
+
+
+def list_images(uri: str, options: storage.StorageOptions = storage.StorageOptions(),
+                listing: str = "") -> ImageListing:
+    """The images under a URI (a folder, a prefix or one file), or those a listing file names there
+    (storage.read_listing). FileNotFoundError when there are none."""
+    fs, root = storage.filesystem(uri, options)
+    if listing:
+        found = ImageListing(fs, root, storage.read_listing(listing, options))
+    else:
+        found = ImageListing(fs, storage.input_root(fs, root), storage.list_files(fs, root))
+    if not found.images:
+        raise FileNotFoundError(f"no image files under {uri} ({len(found.files)} other files; "
+                                f"image extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    return found
 
 
 @dataclass
@@ -86,6 +131,41 @@ def decode_picture(data: bytes, max_pixels: int = MAX_PIXELS) -> Picture:
     return Picture(np.asarray(img, dtype=np.uint8), mode, alpha, icc, deep, exif)
 
 
+def to_tensor(pixels, device=None) -> torch.Tensor:
+    """uint8 pixels, channels last ((H, W, 3) or (N, H, W, 3): an array, a list of same-size arrays, or a
+    tensor) -> float32 in [0, 1], channels first, on `device` (moved while still 8-bit: 4x fewer bytes)."""
+    import torch
+
+    if isinstance(pixels, (list, tuple)):
+        pixels = np.stack(pixels)
+    if not isinstance(pixels, torch.Tensor):
+        pixels = torch.from_numpy(np.require(pixels, np.uint8, ["C", "W"]))
+    if device is not None:
+        pixels = pixels.to(device)
+    return pixels.movedim(-1, -3).float().div_(255.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Float pixels in [0, 1] ((3, H, W) or (N, 3, H, W), any device) -> uint8 (H, W, 3) or (N, H, W, 3),
+    clamped and rounded."""
+    return x.detach().clamp(0, 1).mul_(255).round_().byte().movedim(-3, -1).contiguous().cpu().numpy()
+
+
+def deep_to_tensor(deep: np.ndarray) -> torch.Tensor:
+    """16-bit greyscale (H, W) -> (3, H, W) float32 in [0, 1], the grey in every channel."""
+    import torch
+
+    return torch.from_numpy(deep.astype(np.float32) / 65535.0)[None].expand(3, -1, -1)
+
+
+def to_uint16_grey(x: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float pixels in [0, 1] -> (H, W) uint16 greyscale, the channels' mean, rounded."""
+    import torch
+
+    grey = x.detach().clamp(0, 1).mean(dim=0).mul(65535).round()
+    return grey.to(torch.int32).cpu().numpy().astype(np.uint16)
+
+
 def encode_image(arr: np.ndarray, fmt: str = "png", alpha: np.ndarray | None = None,
                  icc: bytes | None = None, exif: bytes | None = None) -> bytes:
     """Encode an (H, W, 3) uint8 array (or (H, W) uint16 greyscale, PNG only), with an alpha plane (PNG,
@@ -120,13 +200,10 @@ _PNG_AVERAGE = 3  # the row filter type
 def encode_png(pixels: np.ndarray, icc: bytes | None = None, exif: bytes | None = None) -> bytes:
     """(H, W[, 1|3|4]) uint8 or (H, W) uint16 pixels -> a PNG file, with iCCP and eXIf chunks when given.
 
-    Every row gets the Average filter (each byte minus the mean of its left and upper neighbours, in numpy)
-    and the rows are deflated by libdeflate at level 1 (imagecodecs). On 512x384 decoded photos that took
-    2.6 ms against 4.9 ms for libpng (Paeth filter, zlib level 1 with run-length matching, the writer before
-    it) for files 2% larger, and 48 ms for Pillow's default; libdeflate's full match search also keeps
-    synthetic images (gradients, checkerboards, stripes) within a few KB of the best filter, where a fixed
-    filter under run-length matching made files up to 60x larger (benchmarks/RESULTS.md, ninth session).
-    The writer is the decompress actors' largest cost after the model."""
+    Every row gets the Average filter (in numpy) and the rows are deflated by libdeflate at level 1
+    (imagecodecs): much faster than libpng or Pillow for files a few percent larger, and libdeflate's full
+    match search keeps synthetic images (gradients, checkerboards) small where one fixed filter under
+    run-length matching blows them up. The writer is the image jobs' largest cost after the model."""
     if pixels.dtype == np.uint16 and pixels.ndim == 2:
         samples, depth = pixels.astype(">u2").view(np.uint8).reshape(pixels.shape[0], -1, 2), 16
         channels = 1

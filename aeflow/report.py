@@ -1,10 +1,12 @@
-"""Pictures of results, drawn with Pillow (no plotting library needed): rate-distortion curves."""
+"""Pictures of results, drawn with Pillow (no plotting library needed): rate-distortion curves and
+before/after grids."""
 
 from __future__ import annotations
 
 import io
 import math
 
+import numpy as np
 from PIL import Image, ImageDraw
 
 COLOURS = {"aeflow": (200, 30, 30), "JPEG": (40, 90, 200), "WebP": (30, 150, 60)}
@@ -52,4 +54,23 @@ def rd_curve_png(curves: dict[str, list[tuple[float, float]]], title: str, y_lab
         draw.text((w - right - 78, ly), name, fill="black")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def grid_png(rows: list[list[tuple[str, np.ndarray]]], size: int = 160) -> bytes:
+    """One row per image of centre crops, size x size, side by side (e.g. clean | degraded | restored), each
+    under its label; a grid whose labels are all empty has no label strips. Returns PNG bytes."""
+    strip = 14 if any(label for row in rows for label, _ in row) else 0
+    cols = max(len(row) for row in rows)
+    grid = Image.new("RGB", (size * cols, (size + strip) * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, row in enumerate(rows):
+        top = r * (size + strip)
+        for c, (label, arr) in enumerate(row):
+            y, x = max(0, (arr.shape[0] - size) // 2), max(0, (arr.shape[1] - size) // 2)
+            grid.paste(Image.fromarray(arr[y:y + size, x:x + size]), (c * size, top + strip))
+            if label:
+                draw.text((c * size + 3, top + 1), label, fill="black")
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
     return buf.getvalue()

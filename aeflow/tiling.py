@@ -12,9 +12,8 @@ import torch
 
 
 def images_per_call(h: int, w: int, device: torch.device) -> int:
-    """How many h x w images to pass a model at once. On CPU one 512x384 image per call ran 1.8x
-    faster than eight (activations that stay in cache), so batches hold at most 2^18 pixels there;
-    a GPU wants large batches."""
+    """How many h x w images to pass a model at once: on CPU at most 2^18 pixels (activations that stay in
+    cache run faster than a large batch); a GPU wants large batches."""
     budget = 1 << 18 if device.type == "cpu" else 1 << 23
     return max(1, budget // (h * w))
 
@@ -45,8 +44,7 @@ def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int
           overlap: int = 48, align: int = 4) -> torch.Tensor:
     """Apply fn (N, C, h, w) -> (N, C', h, w) over x in overlapping tiles of at most tile x tile and
     blend them; an image that fits one tile is passed through whole (one call of fn). Images go
-    through fn images_per_call() at a time, channels-last (the restoration U-Net ran 565-570 ms per 512x384
-    image on one CPU thread so, 732-746 ms in the default layout; benchmarks/RESULTS.md)."""
+    through fn images_per_call() at a time, channels-last (the restoration U-Net's faster layout on CPU)."""
     x = x.contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
     per_call = images_per_call(h, w, x.device)

@@ -16,7 +16,7 @@ import numpy as np
 import skimage.data
 import torch
 
-from aeflow import codec, modelstore
+from aeflow import codec, images, modelstore
 
 
 def rate(fn, megapixels: float, repeat: int = 3) -> float:
@@ -36,7 +36,7 @@ def main() -> None:
     tile = skimage.data.coffee()
     arr = np.ascontiguousarray(np.tile(tile, (3, 3, 1))[:1024, :1536])
     mp = arr.shape[0] * arr.shape[1] / 1e6
-    x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
+    x = images.to_tensor(arr)[None]
     out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "model": loaded.fingerprint,
            "image": "1536x1024", "transforms_mpix_s": {}, "coder_mpix_s_one_thread": {}}
     with torch.inference_mode():

@@ -24,11 +24,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 def write_photos(n: int) -> str:
     from PIL import Image
-    from throughput import photos
+
+    from aeflow.samples import photo_crops
 
     tmp = tempfile.mkdtemp(prefix="aeflow-mem-")
     for start in range(0, n, 20):  # a few at a time: the driver must not hold the whole set
-        for i, arr in enumerate(photos(min(20, n - start), 512, 384, start), start):
+        for i, arr in enumerate(photo_crops(min(20, n - start), 512, 384, start), start):
             Image.fromarray(arr).save(f"{tmp}/{i:06d}.jpg", quality=95)
     return tmp
 

@@ -21,9 +21,7 @@ def one_restore(size: str) -> dict:
     import skimage.data
     import torch
 
-    from aeflow import codec, metrics, modelstore
-    from aeflow.models.restorer import with_noise_map
-    from aeflow.tiling import tiled
+    from aeflow import images, metrics, modelstore, restoration
 
     w, h = (int(v) for v in size.split("x"))
     torch.set_num_threads(os.cpu_count() or 1)
@@ -34,10 +32,9 @@ def one_restore(size: str) -> dict:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.time()
     with torch.inference_mode():
-        x = torch.from_numpy(noisy).permute(2, 0, 1)[None].float().div_(255)
-        if loaded.config.get("noise_map"):  # as `aeflow restore` runs it: the blind noise estimate as a plane
-            x = with_noise_map(x, metrics.noise_sigma(noisy))
-        out = codec.to_uint8(tiled(loaded.module, x, tile=512)[0])
+        # as `aeflow restore` runs it: the blind noise estimate, 512-pixel tiles
+        y = restoration.restore(loaded.module, images.to_tensor(noisy)[None], metrics.noise_sigma(noisy), tile=512)
+        out = images.to_uint8(y[0])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"size": size, "megapixels": round(w * h / 1e6, 2), "peak_rss_mb": round(peak), "rss_before_mb": round(base),
             "image_mb": round(arr.nbytes / 2**20, 1), "psnr_noisy": round(metrics.psnr(arr, noisy), 2),

@@ -18,8 +18,8 @@ import tempfile
 from PIL import Image
 
 from aeflow import modelstore
-from aeflow.demo import demo_photos
 from aeflow.evaluate_restore import evaluate_restorer
+from aeflow.samples import demo_photos
 
 DEFAULT = "denoise:15,denoise:25,denoise:50,deblock:20,deblur:2,inpaint:4"
 CROP = (321, 481)  # rows, columns: the size of CBSD68's images

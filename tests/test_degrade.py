@@ -3,15 +3,11 @@
 import numpy as np
 import torch
 
-from aeflow import degrade, metrics
+from aeflow import degrade, images, metrics
 
 
 def _x(photos, name="coffee"):
-    return torch.from_numpy(photos[name]).permute(2, 0, 1)[None].float() / 255
-
-
-def _u8(x):
-    return (x[0].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return images.to_tensor(photos[name])[None]
 
 
 def test_same_seed_same_degradation_for_every_task(photos):
@@ -44,7 +40,7 @@ def test_noise_level_matches_sigma(photos):
 def test_jpeg_blur_and_holes_damage_the_photo_as_expected(photos):
     x = _x(photos)
     clean = photos["coffee"]
-    q10, q60 = _u8(degrade.jpeg(x, 10)), _u8(degrade.jpeg(x, 60))
+    q10, q60 = images.to_uint8(degrade.jpeg(x, 10)[0]), images.to_uint8(degrade.jpeg(x, 60)[0])
     assert metrics.psnr(clean, q10) < metrics.psnr(clean, q60) - 2
     soft, motion = degrade.gaussian_blur(x, 2.5), degrade.motion_blur(x, 12, 30)
     for blurred in (soft, motion):  # blur removes high frequencies but keeps the mean

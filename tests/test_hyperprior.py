@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from aeflow import codec, modelstore
+from aeflow import codec, images, modelstore
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig
 from aeflow.models.hyperprior import scales_and_means
 
@@ -22,7 +22,7 @@ def tiny(tmp_path_factory):
 
 def test_top_level_is_coded_with_the_hyperprior_and_decodes_to_the_same_symbols(tiny, photos):
     arr = photos["chelsea"][:90, :130]  # not a multiple of 16 or 64: padding on both grids
-    y = tiny.module.encode(torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255)
+    y = tiny.module.encode(images.to_tensor(arr)[None])
     for quality, coder in ((1, codec.CODER_RANGE_FACTORIZED), (2, codec.CODER_RANGE_HYPER)):
         bits = codec.encode_images(tiny, [arr], quality=quality)[0]
         head = codec.read_header(bits)

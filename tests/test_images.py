@@ -96,9 +96,7 @@ def test_png_output_of_one_pixel_and_one_row_images_from_a_permuted_tensor():
     restore failed with 'invalid data shape, strides, or dtype' at the write)."""
     import torch
 
-    from aeflow import codec
-
     for h, w in [(1, 1), (1, 7), (7, 1)]:
-        arr = codec.to_uint8(torch.rand(3, h, w))
+        arr = images.to_uint8(torch.rand(3, h, w))
         back = np.asarray(Image.open(io.BytesIO(images.encode_image(arr, "png"))))
         assert np.array_equal(back, arr), (h, w)

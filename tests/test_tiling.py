@@ -1,18 +1,18 @@
 import numpy as np
 import torch
 
-from aeflow import metrics, modelstore
-from aeflow.models.restorer import with_noise_map
-from aeflow.tiling import tiled
+from aeflow import images, metrics, modelstore, restoration
 
 
 def _restore(model, arr, tile=None):
-    x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
-    if model.config.noise_map:  # the shipped denoiser also takes the noise level
-        x = with_noise_map(x, 25.0)
-    x = x.contiguous(memory_format=torch.channels_last)  # the layout tiled() runs models in
-    y = model(x) if tile is None else tiled(model, x, tile=tile)
-    return y[0].clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).numpy()
+    """The shipped denoiser told sigma 25: as the restore actor runs it, or with tile=None the model called
+    once on the whole image (in the layout tiled() runs it in)."""
+    x = images.to_tensor(arr)[None]
+    if tile is not None:
+        return images.to_uint8(restoration.restore(model, x, 25.0, tile=tile)[0])
+    with torch.inference_mode():
+        y = model(restoration.model_input(model, x, 25.0).contiguous(memory_format=torch.channels_last))
+    return images.to_uint8(y[0])
 
 
 def test_tiled_restore_matches_whole_image_without_seams(photos):

@@ -5,7 +5,7 @@ import os
 import pytest
 from PIL import Image
 
-from aeflow import modelstore
+from aeflow import images, modelstore
 from aeflow.training import TrainConfig, train
 
 
@@ -70,7 +70,7 @@ def test_init_from_a_narrower_codec_grows_it_without_changing_its_output(tmp_pat
     grown = initial_model(TrainConfig(task="codec", init=str(tmp_path / "small"), channels=8, latent_channels=12,
                                       lmbda=(0.01, 0.02, 0.04)))
     assert grown.config.latent_channels == 12 and grown.levels == 3
-    x = torch.from_numpy(photos["chelsea"]).permute(2, 0, 1)[None].float() / 255
+    x = images.to_tensor(photos["chelsea"])[None]
     with torch.no_grad():
         torch.testing.assert_close(grown.decode(grown.encode(x)), small.decode(small.encode(x)))
 
@@ -89,7 +89,7 @@ def test_a_blind_denoiser_grows_a_noise_map_input_without_changing_its_output(tm
     blind = modelstore.load_model(str(tmp_path / "blind")).module
     grown = initial_model(TrainConfig(task="denoise", init=str(tmp_path / "blind"), width=8, noise_map=True))
     assert grown.config.noise_map and grown.config.in_channels == 4
-    x = torch.from_numpy(photos["chelsea"]).permute(2, 0, 1)[None].float() / 255
+    x = images.to_tensor(photos["chelsea"])[None]
     with torch.no_grad():
         for sigma in (0.0, 25.0, 50.0):
             torch.testing.assert_close(grown(with_noise_map(x, sigma)), blind(x))
