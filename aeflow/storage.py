@@ -109,28 +109,26 @@ def output_key(rel: str, new_ext: str | None) -> str:
 
 def read_files(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes | Exception]:
     """The bytes of each path, or the exception reading it raised: one missing or unreadable object
-    does not fail the others. Keys are taken literally (no globbing). On S3 it is a HEAD (PyArrow's client
-    asks for the size) and one GET per object, a batch's objects fetched at once by PyArrow's native (C++)
-    S3 client for the same endpoint and credentials: it costs 1.9 ms of CPU per object where s3fs costs
-    7.5 ms (batches of 8 from a moto server, benchmarks/RESULTS.md), CPU the model actors would otherwise
-    lose on every image."""
+    does not fail the others. Keys are taken literally (no globbing). On S3 a batch's objects are fetched at
+    once by PyArrow's native (C++) client for the same endpoint and credentials, a HEAD and one GET each: it
+    costs a fraction of s3fs's CPU per object, CPU the model actors would otherwise lose on every image."""
     paths = list(paths)
-    native = _native(fs)
+    native = native_s3(fs)
     if native is not None:
         return list(_s3_readers().map(functools.partial(_read_or_error, native), paths))
     return fs.cat_ranges(paths, None, None, on_error="return")
 
 
-def _native(fs: fsspec.AbstractFileSystem) -> pyarrow.fs.S3FileSystem | None:
+def native_s3(fs: fsspec.AbstractFileSystem) -> pyarrow.fs.S3FileSystem | None:
     """PyArrow's S3 client for the endpoint and credentials of an s3fs filesystem (None otherwise).
-    Told by protocol, so that local-only runs never import s3fs (0.5 s)."""
+    Told by protocol, so that local-only runs never import s3fs."""
     if "s3" not in _protocols(fs):
         return None
-    return _native_s3(fs.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), fs.key, fs.secret, fs.token)
+    return _s3_client(fs.endpoint_url or os.environ.get("AWS_ENDPOINT_URL"), fs.key, fs.secret, fs.token)
 
 
 @functools.lru_cache(maxsize=8)
-def _native_s3(endpoint: str | None, key: str | None, secret: str | None,
+def _s3_client(endpoint: str | None, key: str | None, secret: str | None,
                token: str | None) -> pyarrow.fs.S3FileSystem | None:
     """PyArrow's S3 client for an endpoint; credentials not given come from the standard AWS chain
     (environment, profile, instance role), as for s3fs. Retries as filesystem() configures s3fs.
@@ -143,8 +141,7 @@ def _native_s3(endpoint: str | None, key: str | None, secret: str | None,
         return None
     kw: dict = {"region": region or "us-east-1",  # a custom endpoint (MinIO, moto) takes any region
                 "retry_strategy": pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
-                # without it an output stream starts a multipart upload at open: three requests for any
-                # object, which cost the moto server 6.1-6.8 ms against 2.5-2.7 for one PUT
+                # without it an output stream starts a multipart upload at open: three requests, not one PUT
                 "allow_delayed_open": True}
     if endpoint:
         url = urlsplit(endpoint)
@@ -161,8 +158,7 @@ def _s3_readers() -> ThreadPoolExecutor:
 
 
 def _read_or_error(fs: pyarrow.fs.FileSystem, path: str) -> bytes | Exception:
-    """A whole object in one ranged GET after the HEAD: an input *stream* read it in two GETs (300 KB,
-    moto's log), which cost the server 4.8-5.7 ms per object against 3.2-3.8."""
+    """A whole object in one ranged GET after the HEAD (an input stream would read it in two)."""
     try:
         with fs.open_input_file(path) as f:
             return f.read()
@@ -177,9 +173,8 @@ def join(root: str, rel: str) -> str:
 def write_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
     """Write so that no partial object is ever visible under its final name: local files go to a
     temporary name and are renamed; an S3 PUT only becomes visible when complete. On S3 through PyArrow's
-    client where reads use it (_native): with delayed open it sends one PUT for a small object, as s3fs
-    does, for 0.6 against 2.0 ms of client CPU per 300 KB PUT (benchmarks/RESULTS.md)."""
-    native = _native(fs)
+    client where reads use it (native_s3): with delayed open, one PUT for a small object, for less client CPU."""
+    native = native_s3(fs)
     if native is not None:
         with native.open_output_stream(path) as f:
             f.write(data)

@@ -1,4 +1,4 @@
-"""Per-image CPU and page faults of a model with glibc's default heap settings and with aeflow.heap's
+"""Per-image CPU and page faults of a model with glibc's default heap settings and with aeflow.pipeline.runtime's
 (its mallopt settings, and in the process's environment ONE_ARENA, as the model actors get it), in a
 process's main thread and in a worker thread (where the model actors run their calls). Each case runs in
 a fresh process, alternating, `--rounds` times. Prints JSON.
@@ -14,18 +14,17 @@ import os
 import subprocess
 import sys
 
-from aeflow import heap
+from aeflow.pipeline import runtime
 
 ONE = """
 import json, resource, sys, threading, time
 import numpy as np, torch
 from skimage import data
-from aeflow import codec, heap, modelstore
-from aeflow.models.restorer import with_noise_map
-from aeflow.tiling import tiled
+from aeflow import codec, images, modelstore, restoration
+from aeflow.pipeline import runtime
 task, where, settings, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 if settings == "aeflow":
-    heap.keep_freed_memory()
+    runtime.keep_freed_memory()
 torch.set_num_threads(1)
 img = np.ascontiguousarray(data.astronaut()[:384, :512])
 loaded = modelstore.load_model("denoise-default" if task == "restore" else "codec-default")
@@ -34,8 +33,8 @@ out = {}
 def run():
     with torch.inference_mode():
         if task == "restore":
-            x = with_noise_map(torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255), 10.0)
-            work = lambda: codec.to_uint8(tiled(loaded.module, x)[0])
+            x = images.to_tensor(img)[None]
+            work = lambda: images.to_uint8(restoration.restore(loaded.module, x, 10.0)[0])
         elif task == "decompress":
             stream = codec.encode_images(loaded, [img])[0]
             work = lambda: codec.decode_bitstream(loaded, stream)
@@ -71,7 +70,7 @@ def main() -> None:
             for settings in ("glibc", "aeflow") if r % 2 == 0 else ("aeflow", "glibc"):
                 env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
                 if settings == "aeflow":
-                    env.update(heap.ONE_ARENA)
+                    env.update(runtime.ONE_ARENA)
                 proc = subprocess.run([sys.executable, "-c", ONE, args.task, where, settings, str(args.images)],
                                       capture_output=True, text=True, check=True, env=env)
                 results.setdefault(f"{where}/{settings}", []).append(json.loads(proc.stdout.strip().splitlines()[-1]))

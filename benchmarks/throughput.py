@@ -36,27 +36,9 @@ import ray
 import torch
 from PIL import Image
 
-from aeflow import codec, heap, metrics, modelstore, pipeline, storage
-from aeflow.models.restorer import with_noise_map
-from aeflow.tiling import tiled
-
-
-def photos(n: int, w: int, h: int, start: int = 0) -> list[np.ndarray]:
-    """n distinct crops (offsets and flips) of scikit-image's colour photos (held out of training)."""
-    import skimage.data
-
-    sources = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.rocket(),
-               skimage.data.hubble_deep_field()]
-    out = []
-    for i in range(start, start + n):
-        src = sources[i % len(sources)]
-        if src.shape[0] < h or src.shape[1] < w:
-            src = np.asarray(Image.fromarray(src).resize((max(w, src.shape[1]), max(h, src.shape[0]))))
-        y = (i * 17) % (src.shape[0] - h + 1)
-        x = (i * 29) % (src.shape[1] - w + 1)
-        crop = src[y:y + h, x:x + w]
-        out.append(np.ascontiguousarray(crop[:, ::-1] if i % 2 else crop))
-    return out
+from aeflow import codec, images, metrics, modelstore, pipeline, restoration, storage
+from aeflow.pipeline import runtime
+from aeflow.samples import photo_crops
 
 
 class WorkerRSS:
@@ -100,8 +82,8 @@ class WorkerRSS:
 @torch.inference_mode()
 def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float:
     """Seconds for the model alone (with bitstream packing for compress, which the job also does), with the
-    heap settings that the model actors use (aeflow.heap)."""
-    heap.keep_freed_memory()
+    heap settings that the model actors use (aeflow.pipeline.runtime)."""
+    runtime.keep_freed_memory()
     torch.set_num_threads(threads)
     loaded = modelstore.load_model("denoise-default" if task == "restore" else "codec-default")
     model = loaded.module
@@ -115,11 +97,9 @@ def bare(task: str, arrays: list[np.ndarray], batch: int, threads: int) -> float
             for j in range(len(group)):
                 codec.decode_bitstream(loaded, streams[j % len(streams)])
         else:
-            x = torch.from_numpy(np.stack(group)).permute(0, 3, 1, 2).float().div_(255)
-            if loaded.config.get("noise_map"):  # as the restore actor does: each image's estimated noise level
-                x = with_noise_map(x, torch.tensor([metrics.noise_sigma(a) for a in group]))
-            for y in tiled(model, x):  # as the restore actor calls it: images_per_call() at a time
-                codec.to_uint8(y)
+            sigmas = [metrics.noise_sigma(a) for a in group]  # the restore actor's blind estimates
+            for y in restoration.restore(model, images.to_tensor(group), sigmas):
+                images.to_uint8(y)
     return time.time() - t0
 
 
@@ -210,7 +190,7 @@ def main() -> None:
     parser.add_argument("--input-format", default="jpg", choices=["jpg", "png"])
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
-    arrays = photos(args.images, w, h)
+    arrays = photo_crops(args.images, w, h)
     mpix = args.images * w * h / 1e6
     tmp = tempfile.mkdtemp(prefix="aeflow-tp-")
     src = f"{tmp}/photos"

@@ -1,5 +1,5 @@
-"""aeflow.heap: with its settings a decode stops faulting its tensors' memory in afresh every image, and so
-does a restorer called from a worker thread, as Ray Data's model actors call it."""
+"""The heap settings of aeflow.pipeline.runtime: with them a decode stops faulting its tensors' memory in
+afresh every image, and so does a restorer called from a worker thread, as Ray Data's model actors call it."""
 
 import json
 import os
@@ -9,7 +9,8 @@ import threading
 import time
 from pathlib import Path
 
-from aeflow import heap, pipeline
+from aeflow import pipeline
+from aeflow.pipeline import runtime
 from tests.conftest import write_photos
 from tests.processes import ray_workers
 
@@ -18,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = """
 import hashlib, json, resource, sys
 import numpy as np, torch
-from aeflow import codec, heap, modelstore
+from aeflow import codec, modelstore
+from aeflow.pipeline import runtime
 if sys.argv[1] == "tuned":
-    heap.keep_freed_memory()
+    runtime.keep_freed_memory()
 torch.set_num_threads(1)
 img = np.random.default_rng(0).integers(0, 256, (384, 512, 3), dtype=np.uint8)
 loaded = modelstore.load_model("codec-default")
@@ -57,23 +59,22 @@ def test_kept_heap_memory_spares_a_decode_its_page_faults_and_changes_no_pixel()
 THREAD_SCRIPT = """
 import hashlib, json, resource, threading
 import numpy as np, torch
-from aeflow import heap, modelstore
-from aeflow.models.restorer import with_noise_map
-from aeflow.tiling import tiled
-heap.keep_freed_memory()
+from aeflow import images, modelstore, restoration
+from aeflow.pipeline import runtime
+runtime.keep_freed_memory()
 torch.set_num_threads(1)
 img = np.random.default_rng(0).integers(0, 256, (384, 512, 3), dtype=np.uint8)
 loaded = modelstore.load_model("denoise-default")
 out = {}
 def work():  # in a thread of its own, with an arena of its own unless MALLOC_ARENA_MAX says otherwise
     with torch.inference_mode():
-        x = with_noise_map(torch.from_numpy(img).permute(2, 0, 1)[None].float().div(255), 10.0)
-        first = tiled(loaded.module, x)
+        x = images.to_tensor(img)[None]
+        first = restoration.restore(loaded.module, x, 10.0)
         for _ in range(3):  # the heap reaches its working size
-            tiled(loaded.module, x)
+            restoration.restore(loaded.module, x, 10.0)
         before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
         for _ in range(3):
-            tiled(loaded.module, x)
+            restoration.restore(loaded.module, x, 10.0)
         out["faults"] = (resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before) / 3
         out["pixels"] = hashlib.sha256(first.numpy().tobytes()).hexdigest()
 t = threading.Thread(target=work)
@@ -92,7 +93,7 @@ def _thread_faults(env: dict) -> dict:
 
 def test_one_arena_spares_a_restorer_in_a_worker_thread_its_page_faults():
     default = _thread_faults({"MALLOC_ARENA_MAX": ""})  # empty: glibc's default, an arena per thread
-    tuned = _thread_faults(heap.ONE_ARENA)
+    tuned = _thread_faults(runtime.ONE_ARENA)
     assert default["pixels"] == tuned["pixels"]
     # measured here: 26,626 faults per 512x384 image in a thread's own arena, 0 (once 1,024) with one arena
     assert tuned["faults"] < 5000, (default, tuned)
@@ -129,6 +130,6 @@ def test_model_actors_run_with_one_malloc_arena_and_sleeping_openmp_threads(ray_
     assert all(e.get("MALLOC_ARENA_MAX") == "1" for e in seen), {e.get("MALLOC_ARENA_MAX") for e in seen}
     policy = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")  # the user's own setting wins
     assert all(e.get("OMP_WAIT_POLICY") == policy for e in seen), {e.get("OMP_WAIT_POLICY") for e in seen}
-    # two torch threads per CPU of each actor's share (aeflow.resources.THREADS_PER_CPU), one actor per CPU
+    # two torch threads per CPU of each actor's share (runtime.THREADS_PER_CPU), one actor per CPU
     assert summary.manifest["pool"]["actors"] == 2
     assert summary.manifest["pool"]["torch_threads_per_actor"] == 2

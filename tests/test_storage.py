@@ -1,6 +1,7 @@
 import pytest
 
 from aeflow import pipeline, storage
+from aeflow.pipeline import stages
 
 
 @pytest.mark.parametrize("key", ["../x.jpg", "a/../../x.jpg", "/etc/passwd.jpg", "a\\..\\x.jpg", "a//b.jpg"])
@@ -14,7 +15,7 @@ def test_output_key_mirrors_and_replaces_extension():
 
 
 def test_extension_collisions_are_detected_not_overwritten():
-    assert pipeline._collisions(["a.jpg", "a.png", "b.jpg", "d/a.jpg"], ".png") == {"a.png"}
+    assert stages.collisions(["a.jpg", "a.png", "b.jpg", "d/a.jpg"], ".png") == {"a.png"}
 
 
 def test_split_uri():
@@ -56,7 +57,7 @@ def test_s3_batch_read_takes_keys_literally_and_names_a_missing_one(s3, s3_serve
     fs, _ = storage.filesystem("s3://photos", storage.StorageOptions(endpoint_url=s3_server.url))
     keys = ["photos/in/b*.jpg", "photos/in/gone.png", "photos/in/a [1].png", "photos/in/c.png"]
     got = storage.read_files(fs, keys)
-    assert storage._native(fs) is not None  # the native client, not s3fs, answered
+    assert storage.native_s3(fs) is not None  # the native client, not s3fs, answered
     assert [got[0], got[2], got[3]] == [blobs[keys[0]], blobs[keys[2]], blobs[keys[3]]]
     assert isinstance(got[1], FileNotFoundError) and "photos/in/gone.png" in str(got[1])
 
@@ -67,7 +68,7 @@ def test_s3_write_puts_the_exact_bytes_and_a_missing_bucket_is_an_error(s3, s3_s
     fs, _ = storage.filesystem("s3://photos", storage.StorageOptions(endpoint_url=s3_server.url))
     data = bytes(range(256)) * 1200  # 300 KB, a restored photo's size
     storage.write_bytes(fs, "photos/out/a b.png", data)
-    assert storage._native(fs) is not None
+    assert storage.native_s3(fs) is not None
     assert s3.cat("photos/out/a b.png") == data
     with pytest.raises(OSError, match="out/x.png.*no-such-bucket.*does not exist"):
         storage.write_bytes(fs, "no-such-bucket/out/x.png", data)
