@@ -134,26 +134,17 @@ def summarise(per_image: list[dict]) -> dict:
     return {"levels": mean_levels, "classic": classic, **bd, **band, **speed}
 
 
-def image_keys(input_uri: str, options: storage.StorageOptions) -> tuple[object, str, list[str]]:
-    """(filesystem, root, sorted image keys) of an evaluation input; FileNotFoundError if it has none."""
-    fs, root = storage.filesystem(input_uri, options)
-    keys = sorted(k for k in storage.list_files(fs, root) if images.is_image_key(k))
-    if not keys:
-        raise FileNotFoundError(f"no images under {input_uri}")
-    return fs, storage.input_root(fs, root), keys
-
-
 def evaluate_codec(input_uri: str, work_uri: str, model: str = "",
                    options: storage.StorageOptions = storage.StorageOptions()) -> dict:
     """Rate-distortion report of `model` over the images under input_uri; written to work_uri."""
     loaded = modelstore.load_model(model or modelstore.DEFAULT_CODEC, options)
     if loaded.kind != "codec":
         raise ValueError(f"--model {model}: a {loaded.kind} model, eval needs a codec")
-    fs, base, keys = image_keys(input_uri, options)
+    found = images.list_images(input_uri, options)
     per_image, errors = [], []
-    for key in keys:
+    for key in found.images:
         try:
-            arr = images.decode_picture(fs.cat_file(storage.join(base, key))).rgb
+            arr = images.decode_picture(found.fs.cat_file(found.path(key))).rgb
         except images.ImageError as e:
             errors.append({"path": key, "error": str(e)})
             continue

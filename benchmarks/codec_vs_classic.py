@@ -14,8 +14,8 @@ import tempfile
 
 from PIL import Image
 
-from aeflow.demo import demo_photos
 from aeflow.evaluate import evaluate_codec
+from aeflow.samples import demo_photos
 
 
 def main() -> None:
