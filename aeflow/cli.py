@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
+import io
 import json
 import sys
+import textwrap
+import tokenize
 import typing
 
 from aeflow import pipeline, storage
@@ -19,30 +23,34 @@ from aeflow.pipeline import runtime
 JOBS = {"compress": "images -> latents Parquet", "decompress": "latents Parquet -> PNG images",
         "restore": "images -> restored images", "generate": "new images decoded from sampled latents"}
 
-# What TrainConfig's fields do not say themselves: help, flag names kept from earlier releases, choices.
+# What TrainConfig's fields and their comments do not say: flag names kept from earlier releases, required
+# flags, help where a field has no comment (choices are added in build_parser).
 TRAIN_FLAGS: dict[str, dict] = {
     "task": {"help": "hyperprior: add a scale hyperprior for the top quality level to the --init codec"},
-    "data": {"required": True, "help": "image URI to cut training crops from"},
-    "out": {"required": True, "help": "model folder URI to write"},
-    "storage": {"help": "checkpoint URI (default: <out>-checkpoints); re-runs resume"},
-    "name": {"help": "run name under --storage"},
+    "data": {"required": True},
+    "out": {"required": True},
     "use_gpu": {"flag": "--gpu", "help": "train on GPUs (one per worker)"},
-    "steps_per_epoch": {"help": "plain loop: steps between checkpoints (0: images * crops per image / batch)"},
-    "scale_min": {"help": "crops cut at a random scale in [this, 1]"},
-    "cooldown": {"help": "share of the run at its end over which lr falls to 10%% (0: constant lr)"},
-    "ema": {"help": "decay of the saved weights' moving average (0: off)"},
-    "precision": {"help": "auto: bf16 autocast where the processor has it natively"},
-    "compile": {"help": "torch.compile the model (faster steps, slower start)"},
-    "init": {"help": "model to start from (URI or shipped name)"},
-    "lmbda": {"help": "codec: comma-separated lambdas, one quality level each, low to high "
-                      "(loss = bits/pixel + lambda * 255^2 * MSE)"},
-    "factorized": {"help": "codec: factorized priors per level instead of a hyperprior at every level"},
-    "sigma_max": {"help": "denoise: max noise std (0-255)"},
-    "noise_map": {"help": "denoise: the model also takes the noise std as an input plane (so restore --sigma works)"},
-    "warmup": {"help": "steps of linear learning-rate warm-up"},
-    "max_failures": {"help": "worker failures survived by restoring the latest checkpoint"},
     "no_ray": {"help": "plain PyTorch loop (machines without Ray)"},
 }
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The comment after each field of a dataclass's source (`name: type = default  # comment`): the help of
+    a field whose class says no more."""
+    comments: dict[str, str] = {}
+    name, depth = "", 0
+    for tok in tokenize.generate_tokens(io.StringIO(textwrap.dedent(inspect.getsource(cls))).readline):
+        if tok.type == tokenize.INDENT:
+            depth += 1
+        elif tok.type == tokenize.DEDENT:
+            depth -= 1
+        elif tok.type == tokenize.NAME and depth == 1 and tok.start[1] == 4 and not name:
+            name = tok.string
+        elif tok.type == tokenize.COMMENT and name and depth == 1:
+            comments[name] = tok.string.lstrip("#").strip().replace("%", "%%")
+        if tok.type in (tokenize.NEWLINE, tokenize.NL):
+            name = ""
+    return comments
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -114,8 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fit a model with Ray Train (or plain PyTorch with --no-ray)",
                        formatter_class=_Help)
-    specs = {**TRAIN_FLAGS, "task": {**TRAIN_FLAGS["task"], "choices": TASKS},
-             "precision": {**TRAIN_FLAGS["precision"], "choices": PRECISIONS}}
+    specs = {name: {"help": text} for name, text in field_comments(TrainConfig).items()}
+    for name, spec in {**TRAIN_FLAGS, "task": {**TRAIN_FLAGS["task"], "choices": TASKS},
+                       "precision": {"choices": PRECISIONS}}.items():
+        specs[name] = {**specs.get(name, {}), **spec}
     flags["train"] = add_fields(p, TrainConfig, list(dataclasses.fields(TrainConfig)), specs)
     _endpoint_flag(p)
 

@@ -15,9 +15,8 @@ import jsonschema
 import pyarrow.parquet as pq
 import ray
 import yaml
-from PIL import Image
 
-from tests.conftest import free_port
+from tests.conftest import free_port, write_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,15 +30,8 @@ def test_cluster_yaml_passes_rays_schema():
     assert any("pip install -e" in c for c in config["setup_commands"])
 
 
-def _photo_folder(folder: Path, photos) -> Path:
-    folder.mkdir()
-    for name, arr in photos.items():
-        Image.fromarray(arr).save(folder / f"{name}.png")
-    return folder
-
-
 def test_ray_job_submit_compress(tmp_path, photos):
-    src = _photo_folder(tmp_path / "in", photos)
+    src = write_photos(tmp_path / "in", photos)
     bin_dir = Path(sys.executable).parent
     port, dash = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
@@ -85,11 +77,7 @@ def test_two_node_cluster_spreads_model_actors_over_both_nodes(tmp_path, photos)
     (one actor per CPU) the compress job finishes, its model actors run on both nodes and every image is
     written once; Ray Train with four workers finishes and writes its model. Actors and workers sized for
     one free CPU in all (4 x 0.75) left half a CPU on each node and both hung."""
-    src = tmp_path / "in"
-    src.mkdir()
-    for i in range(3):
-        for name, arr in photos.items():
-            Image.fromarray(arr).save(src / f"{name}-{i}.png")
+    src = write_photos(tmp_path / "in", {f"{name}-{i}": arr for i in range(3) for name, arr in photos.items()})
     temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "two_node_job.py"), str(src), str(tmp_path / "lat"),
@@ -117,7 +105,7 @@ def _on_one_cpu(code: str, *args) -> str:
 def test_a_one_cpu_machine_finishes_a_job(tmp_path, photos):
     """On a 1-CPU Ray (a small container) the model actor cannot keep a CPU of its own: the job must still
     finish rather than wait for a CPU that never frees (it hung before: a 0.25-CPU actor left 0.75)."""
-    src = _photo_folder(tmp_path / "in", photos)
+    src = write_photos(tmp_path / "in", photos)
     out = _on_one_cpu("from aeflow import pipeline\n"
                       "s = pipeline.compress(pipeline.JobConfig(input=sys.argv[1], output=sys.argv[2]))\n"
                       "print(s.written, s.failed)", src, tmp_path / "lat")
@@ -128,7 +116,7 @@ def test_a_one_cpu_machine_finishes_a_job(tmp_path, photos):
 def test_training_on_a_one_cpu_machine_finishes(tmp_path, photos):
     """Ray Train on a 1-CPU Ray: its worker's bundle cannot be all zero (0.01 CPU), so the crops dataset's
     read and decode tasks must fit in the 0.99 CPU left; at 1 CPU each they waited forever (killed at 150 s)."""
-    data = _photo_folder(tmp_path / "data", photos)
+    data = write_photos(tmp_path / "data", photos)
     out = _on_one_cpu("from aeflow.training import TrainConfig, train\n"
                       "r = train(TrainConfig(task='codec', data=sys.argv[1], out=sys.argv[2], storage=sys.argv[3],\n"
                       "          epochs=1, batch_size=2, crop=32, crops_per_image=4, channels=8, latent_channels=4))\n"

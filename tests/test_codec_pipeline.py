@@ -1,25 +1,17 @@
 """The learned codec through the real compress/decompress jobs: self-describing Parquet rows, exact
 pixels, quality levels and rate control, alpha and ICC, damaged rows."""
 
-import io
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from aeflow import cli, codec, images, modelstore
-
-
-def _png(path, arr, **kw):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, format="PNG", **kw)
+from tests.conftest import write_photos
 
 
 def test_rows_are_plain_arrow_and_decode_to_the_same_pixels_as_the_library(ray_local, tmp_path, photos):
-    src = tmp_path / "in"
-    for name, arr in photos.items():
-        _png(src / f"{name}.png", arr)
+    src = write_photos(tmp_path / "in", photos)
     assert cli.main(["compress", "--input", str(src), "--output", str(tmp_path / "lat"), "--quality", "2"]) == 0
     table = pq.read_table(tmp_path / "lat" / "latents-00000.parquet")
     for f in table.schema:  # readable by any Arrow/Parquet reader: no Ray extension types
@@ -43,8 +35,7 @@ def test_rows_are_plain_arrow_and_decode_to_the_same_pixels_as_the_library(ray_l
 
 
 def test_quality_and_target_bpp_choose_the_level(ray_local, tmp_path, photos):
-    src = tmp_path / "in"
-    _png(src / "coffee.png", photos["coffee"])
+    src = write_photos(tmp_path / "in", {"coffee": photos["coffee"]})
     sizes = {}
     for q in (1, 5):
         args = ["compress", "--input", str(src), "--output", str(tmp_path / f"q{q}"), "--quality", str(q)]
@@ -66,7 +57,7 @@ def test_alpha_and_icc_profile_survive_compress_and_decompress(ray_local, tmp_pa
     from PIL import ImageCms
 
     icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
-    _png(tmp_path / "in" / "cat.png", np.dstack([rgb, alpha]), icc_profile=icc)
+    write_photos(tmp_path / "in", {"cat": np.dstack([rgb, alpha])}, icc_profile=icc)
     assert cli.main(["compress", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "lat")]) == 0
     row = pq.read_table(tmp_path / "lat" / "latents-00000.parquet").to_pylist()[0]
     assert row["mode"] == "RGBA" and row["has_alpha"] and row["has_icc"]
@@ -77,9 +68,7 @@ def test_alpha_and_icc_profile_survive_compress_and_decompress(ray_local, tmp_pa
 
 
 def test_damaged_rows_are_errors_and_the_rest_decode(ray_local, tmp_path, photos):
-    src = tmp_path / "in"
-    for name, arr in photos.items():
-        _png(src / f"{name}.png", arr)
+    src = write_photos(tmp_path / "in", photos)
     assert cli.main(["compress", "--input", str(src), "--output", str(tmp_path / "lat")]) == 0
     path = tmp_path / "lat" / "latents-00000.parquet"
     rows = pq.read_table(path).to_pylist()
@@ -99,10 +88,7 @@ def test_damaged_rows_are_errors_and_the_rest_decode(ray_local, tmp_path, photos
 
 def test_a_16_bit_input_records_its_mode(ray_local, tmp_path, photos):
     gray16 = (photos["coffee"][..., 0].astype(np.uint16) * 257)
-    buf = io.BytesIO()
-    Image.fromarray(gray16).save(buf, format="PNG")
-    (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "deep.png").write_bytes(buf.getvalue())
+    write_photos(tmp_path / "in", {"deep": gray16})
     assert cli.main(["compress", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "lat")]) == 0
     row = pq.read_table(tmp_path / "lat" / "latents-00000.parquet").to_pylist()[0]
     assert row["mode"].startswith("I") and codec.read_header(row["bitstream"])["mode"] == row["mode"]
@@ -112,8 +98,7 @@ def test_top_level_hyperprior_saves_bytes_and_previous_codec_rows_still_decode(r
     """Quality 8 of the shipped codec is coded under its hyperprior (coder 4): the same symbols as the
     previous shipped codec (whose factorized prior it kept below) in fewer bytes, the same pixels. Rows
     that codec wrote are decoded by fingerprint, since it still ships (codec-07637277)."""
-    src = tmp_path / "in"
-    _png(src / "coffee.png", photos["coffee"])
+    src = write_photos(tmp_path / "in", {"coffee": photos["coffee"]})
     rows, pixels = {}, {}
     for name, extra in (("new", []), ("old", ["--model", "codec-07637277"])):
         args = ["compress", "--input", str(src), "--output", str(tmp_path / name), "--quality", "8", *extra]

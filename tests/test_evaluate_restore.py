@@ -5,13 +5,11 @@ import json
 from PIL import Image
 
 from aeflow import cli
+from tests.conftest import write_photos
 
 
 def test_denoise_eval_reports_aeflow_and_the_classical_baselines(tmp_path, photos):
-    src = tmp_path / "clean"
-    src.mkdir()
-    for name in ("chelsea", "coffee"):
-        Image.fromarray(photos[name]).save(src / f"{name}.png")
+    src = write_photos(tmp_path / "clean", {name: photos[name] for name in ("chelsea", "coffee")})
     args = ["eval", "--task", "denoise", "--level", "25", "--input", str(src), "--output", str(tmp_path / "ev")]
     assert cli.main(args) == 0
     report = json.loads((tmp_path / "ev" / "eval.json").read_text())
@@ -26,7 +24,7 @@ def test_denoise_eval_reports_aeflow_and_the_classical_baselines(tmp_path, photo
 
 
 def test_eval_of_a_restore_task_with_a_codec_model_says_so(tmp_path, photos, capsys):
-    Image.fromarray(photos["coffee"]).save(tmp_path / "c.png")
+    write_photos(tmp_path, {"c": photos["coffee"]})
     args = ["eval", "--task", "deblock", "--model", "codec-default", "--input", str(tmp_path), "--output",
             str(tmp_path / "e")]
     assert cli.main(args) == 2
@@ -41,7 +39,7 @@ def test_inpaint_eval_masks_with_a_fixed_seed_and_compares_with_biharmonic(tmp_p
 
     torch.manual_seed(0)
     save_model(ResidualUNet(ResidualUNetConfig(task="inpaint", width=8, in_channels=4)), str(tmp_path / "m"))
-    Image.fromarray(photos["coffee"]).save(tmp_path / "c.png")
+    write_photos(tmp_path, {"c": photos["coffee"]})
     args = ["eval", "--task", "inpaint", "--model", str(tmp_path / "m"), "--input", str(tmp_path),
             "--output", str(tmp_path / "e")]
     assert cli.main(args) == 0

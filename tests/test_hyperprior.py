@@ -7,6 +7,7 @@ import torch
 from aeflow import codec, images, modelstore
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig
 from aeflow.models.hyperprior import scales_and_means
+from tests.conftest import write_photos
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +51,12 @@ def test_scales_and_means_are_exact_integers_whatever_the_thread_count(tiny):
 
 def test_hyperprior_training_moves_only_the_hyperprior(tmp_path, photos):
     """--task hyperprior: the codec's transforms, gains and lower levels stay as they were."""
-    from PIL import Image
-
     from aeflow.training import TrainConfig, train
 
     torch.manual_seed(0)
     base = ConvAutoencoder(ConvAutoencoderConfig(channels=8, latent_channels=8, lambdas=(0.01, 0.05)))
     modelstore.save_model(base, str(tmp_path / "base"))
-    (tmp_path / "data").mkdir()
-    for name, arr in photos.items():
-        Image.fromarray(arr).save(tmp_path / "data" / f"{name}.png")
+    write_photos(tmp_path / "data", photos)
     cfg = TrainConfig(task="hyperprior", data=str(tmp_path / "data"), out=str(tmp_path / "hyper"),
                       init=str(tmp_path / "base"), storage=str(tmp_path / "ckpt"), name="h", epochs=1, batch_size=2,
                       crop=64, crops_per_image=2, no_ray=True, warmup=1)

@@ -1,8 +1,6 @@
 """compress / decompress / restore / generate through the real Ray Data pipeline on local files."""
 
-import io
 import json
-import os
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -11,25 +9,15 @@ import ray.data
 from PIL import Image
 
 from aeflow import cli, images, pipeline
-from tests.conftest import CODEC_PSNR_FLOOR, psnr
-
-
-def _write(folder, name, arr, fmt="PNG"):
-    path = os.path.join(folder, name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(arr).save(path, format=fmt)
+from tests.conftest import CODEC_PSNR_FLOOR, encoded, psnr, write_photos
 
 
 @pytest.fixture
 def mixed_input(tmp_path, photos):
     """Good photos (one nested), a truncated JPEG, a text file named .png, and a non-image file."""
-    src = tmp_path / "in"
-    _write(src, "astronaut.png", photos["astronaut"])
-    _write(src, "nested/deeper/chelsea.jpg", photos["chelsea"], "JPEG")
-    _write(src, "coffee.png", photos["coffee"])
-    buf = io.BytesIO()
-    Image.fromarray(photos["coffee"]).save(buf, format="JPEG")
-    (src / "truncated.jpg").write_bytes(buf.getvalue()[:300])
+    src = write_photos(tmp_path / "in", {"astronaut.png": photos["astronaut"], "coffee.png": photos["coffee"],
+                                         "nested/deeper/chelsea.jpg": photos["chelsea"]})
+    (src / "truncated.jpg").write_bytes(encoded(photos["coffee"], "JPEG")[:300])
     (src / "notes.png").write_text("this is text, not a PNG")
     (src / "README.txt").write_text("not an image")
     return src
@@ -69,8 +57,7 @@ def test_decompress_refuses_rows_of_another_model(ray_local, tmp_path, photos, c
     from aeflow.models import ConvAutoencoder
     from aeflow.modelstore import save_model
 
-    src = tmp_path / "in"
-    _write(src, "a.png", photos["coffee"])
+    src = write_photos(tmp_path / "in", {"a": photos["coffee"]})
     other = tmp_path / "other-model"
     other_fp = save_model(ConvAutoencoder(), str(other))
     assert cli.main(["compress", "--input", str(src), "--output", str(tmp_path / "lat")]) == 0
@@ -86,9 +73,7 @@ def test_restore_denoises_and_records_collisions(ray_local, tmp_path, photos):
     rng = np.random.default_rng(0)
     clean = photos["astronaut"]
     noisy = np.clip(np.round(clean + rng.normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
-    src = tmp_path / "noisy"
-    _write(src, "astro.png", noisy)
-    _write(src, "astro.tif", noisy, "TIFF")  # same output name astro.png: must not overwrite
+    src = write_photos(tmp_path / "noisy", {"astro.png": noisy, "astro.tif": noisy})  # one output name: astro.png
     summary = pipeline.restore(pipeline.JobConfig(input=str(src), output=str(tmp_path / "out"), task="denoise"))
     assert (summary.written, summary.failed) == (1, 1)
     assert summary.errors[0]["path"] == "astro.tif" and "collides" in summary.errors[0]["error"]
@@ -119,9 +104,7 @@ def test_eval_with_a_trained_model_of_ones_own(ray_local, tmp_path, photos):
     from aeflow.models import ConvAutoencoder
     from aeflow.modelstore import save_model
 
-    src = tmp_path / "in"
-    for name, arr in photos.items():
-        _write(src, f"{name}.png", arr)
+    src = write_photos(tmp_path / "in", photos)
     from aeflow.models import ConvAutoencoderConfig
 
     fp = save_model(ConvAutoencoder(ConvAutoencoderConfig(lambdas=(0.01, 0.02, 0.04, 0.08))), str(tmp_path / "mine"))
@@ -143,7 +126,7 @@ def test_restore_runs_large_images_in_tiles(ray_local, tmp_path):
 
     clean = np.asarray(Image.fromarray(skimage.data.coffee()).resize((900, 601)))
     noisy = np.clip(np.round(clean + np.random.default_rng(3).normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
-    _write(tmp_path / "in", "big.png", noisy)
+    write_photos(tmp_path / "in", {"big": noisy})
     args = ["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--tile", "256"]
     assert cli.main(args) == 0
     out = images.decode_image((tmp_path / "out" / "big.png").read_bytes())[0]

@@ -8,14 +8,14 @@ from PIL import Image
 from aeflow import cli
 from aeflow.models import ResidualUNet, ResidualUNetConfig
 from aeflow.modelstore import save_model
+from tests.conftest import write_photos
 
 
 def test_16_bit_greyscale_is_restored_to_16_bit(ray_local, tmp_path, photos):
     grey = photos["coffee"].mean(axis=2) * 257
     rng = np.random.default_rng(0)
     noisy = np.clip(np.round(grey + rng.normal(0, 15 * 257, grey.shape)), 0, 65535).astype(np.uint16)
-    (tmp_path / "in").mkdir()
-    Image.fromarray(noisy).save(tmp_path / "in" / "deep.png")
+    write_photos(tmp_path / "in", {"deep": noisy})
     assert cli.main(["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
     out = Image.open(tmp_path / "out" / "deep.png")
     assert out.mode.startswith("I")  # a 16-bit PNG, not 8-bit RGB
@@ -32,9 +32,7 @@ def test_inpainting_fills_transparent_pixels_and_keeps_the_rest_exactly(ray_loca
     rgb = photos["chelsea"]
     alpha = np.full(rgb.shape[:2], 255, np.uint8)
     alpha[20:40, 30:60] = 0  # the hole
-    (tmp_path / "in").mkdir()
-    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "in" / "holed.png")
-    Image.fromarray(rgb).save(tmp_path / "in" / "no-mask.png")
+    write_photos(tmp_path / "in", {"holed": np.dstack([rgb, alpha]), "no-mask": rgb})
     args = ["restore", "--task", "inpaint", "--model", str(tmp_path / "inpaint"), "--input", str(tmp_path / "in"),
             "--output", str(tmp_path / "out")]
     assert cli.main(args) == 0
@@ -51,8 +49,7 @@ def test_strength_scales_the_models_correction(ray_local, tmp_path, photos):
     rng = np.random.default_rng(1)
     clean = photos["astronaut"]
     noisy = np.clip(np.round(clean + rng.normal(0, 20, clean.shape)), 0, 255).astype(np.uint8)
-    (tmp_path / "in").mkdir()
-    Image.fromarray(noisy).save(tmp_path / "in" / "a.png")
+    write_photos(tmp_path / "in", {"a": noisy})
     outs = {}
     for s in ("0", "0.5", "1"):
         args = ["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / s), "--strength", s]
@@ -71,9 +68,7 @@ def test_exif_and_icc_carry_through_restore(ray_local, tmp_path, photos):
     exif = Image.Exif()
     exif[0x010F] = "aeflow-test-camera"  # Make
     exif[0x0112] = 6  # Orientation: rotate 90 degrees to display
-    (tmp_path / "in").mkdir()
-    Image.fromarray(photos["coffee"]).save(tmp_path / "in" / "cam.jpg", quality=95, exif=exif.tobytes(),
-                                           icc_profile=icc)
+    write_photos(tmp_path / "in", {"cam.jpg": photos["coffee"]}, quality=95, exif=exif.tobytes(), icc_profile=icc)
     assert cli.main(["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 0
     out = Image.open(tmp_path / "out" / "cam.png")
     h, w = photos["coffee"].shape[:2]
@@ -89,8 +84,7 @@ def test_sigma_forces_the_noise_level_of_a_noise_map_denoiser(ray_local, tmp_pat
     rng = np.random.default_rng(3)
     clean = photos["astronaut"].astype(np.float64)
     noisy = np.clip(np.round(clean + rng.normal(0, 25, clean.shape)), 0, 255).astype(np.uint8)
-    (tmp_path / "in").mkdir()
-    Image.fromarray(noisy).save(tmp_path / "in" / "a.png")
+    write_photos(tmp_path / "in", {"a": noisy})
     out = {}
     for name, extra in (("blind", []), *((f"s{v}", ["--sigma", str(v)]) for v in (5, 25, 50))):
         assert cli.main(["restore", "--input", str(tmp_path / "in"), "--output", str(tmp_path / name), *extra]) == 0

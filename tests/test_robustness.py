@@ -5,18 +5,15 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from aeflow import images, pipeline
 from tests.badfiles import awkward_files, bad_files, write_all
+from tests.conftest import write_photos
 
 
 @pytest.fixture
 def archive(tmp_path, photos):
-    src = tmp_path / "archive"
-    for name, arr in photos.items():
-        (src / "good").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(arr).save(src / "good" / f"{name}.png")
+    src = write_photos(tmp_path / "archive", {f"good/{name}": arr for name, arr in photos.items()})
     write_all(src, bad_files(photos["coffee"]))
     write_all(src, awkward_files(photos["chelsea"]))
     return src
@@ -64,10 +61,7 @@ def test_max_errors_turns_too_many_failures_into_a_failed_job(ray_local, archive
 
 
 def test_rerun_skips_finished_work_and_redoes_changed_inputs(ray_local, tmp_path, photos):
-    src = tmp_path / "in"
-    src.mkdir()
-    for name, arr in photos.items():
-        Image.fromarray(arr).save(src / f"{name}.png")
+    src = write_photos(tmp_path / "in", photos)
     out = tmp_path / "lat"
     job = pipeline.JobConfig(input=str(src), output=str(out), flush_rows=1, batch_size=1)
     first = pipeline.compress(job)
@@ -78,8 +72,7 @@ def test_rerun_skips_finished_work_and_redoes_changed_inputs(ray_local, tmp_path
     assert (again.written, again.done_before) == (0, 3)
     assert again.manifest["first_result_seconds"] is None  # nothing to do: no model actor was started
 
-    Image.fromarray(photos["coffee"][::-1].copy()).save(src / "coffee.png")  # a changed input
-    Image.fromarray(photos["chelsea"]).save(src / "new.png")  # a new one
+    write_photos(src, {"coffee": photos["coffee"][::-1].copy(), "new": photos["chelsea"]})  # a changed input, a new one
     third = pipeline.compress(job)
     assert (third.written, third.done_before) == (2, 2)
     table = pq.ParquetDataset(sorted(str(p) for p in out.glob("latents-*.parquet"))).read(
@@ -100,9 +93,7 @@ def test_rerun_skips_finished_work_and_redoes_changed_inputs(ray_local, tmp_path
 
 
 def test_changed_settings_redo_the_work(ray_local, tmp_path, photos):
-    src = tmp_path / "in"
-    src.mkdir()
-    Image.fromarray(photos["astronaut"]).save(src / "a.png")
+    src = write_photos(tmp_path / "in", {"a": photos["astronaut"]})
     out = tmp_path / "out"
     assert pipeline.restore(pipeline.JobConfig(input=str(src), output=str(out))).written == 1
     assert pipeline.restore(pipeline.JobConfig(input=str(src), output=str(out))).done_before == 1
@@ -126,10 +117,7 @@ def test_latents_of_a_wrong_schema_or_version_are_refused(tmp_path):
 
 
 def test_a_listing_file_replaces_listing_the_prefix(ray_local, tmp_path, photos):
-    src = tmp_path / "in"
-    src.mkdir()
-    for name, arr in photos.items():
-        Image.fromarray(arr).save(src / f"{name}.png")
+    src = write_photos(tmp_path / "in", photos)
     first = pipeline.compress(pipeline.JobConfig(input=str(src), output=str(tmp_path / "a")))
     saved = pq.read_table(tmp_path / "a" / "_listing.parquet").to_pylist()
     assert [r["path"] for r in saved] == ["astronaut.png", "chelsea.png", "coffee.png"] and first.written == 3

@@ -1,21 +1,17 @@
 """The whole round trip against a real S3 endpoint (moto's server on 127.0.0.1)."""
 
-import io
 import json
 
 import numpy as np
 import pyarrow.parquet as pq
-from PIL import Image
 
 from aeflow import codec, images, modelstore, pipeline
-from tests.conftest import CODEC_PSNR_FLOOR, psnr
+from tests.conftest import CODEC_PSNR_FLOOR, encoded, psnr
 
 
 def test_s3_compress_decompress_restore_round_trip(ray_local, s3, photos):
     for name, arr in photos.items():
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
-        s3.pipe(f"photos/archive/2024/{name}.png", buf.getvalue())
+        s3.pipe(f"photos/archive/2024/{name}.png", encoded(arr))
     s3.pipe("photos/archive/corrupt.jpg", b"\xff\xd8\xff\xe0 broken")
 
     comp = pipeline.compress(pipeline.JobConfig(input="s3://photos/archive", output="s3://photos/latents"))

@@ -3,19 +3,15 @@
 import os
 
 import pytest
-from PIL import Image
 
 from aeflow import images, modelstore
 from aeflow.training import TrainConfig, train
+from tests.conftest import write_photos
 
 
 @pytest.fixture
 def tiny_data(tmp_path, photos):
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for name, arr in photos.items():
-        Image.fromarray(arr).save(folder / f"{name}.png")
-    return folder
+    return write_photos(tmp_path / "data", photos)
 
 
 def _cfg(tmp_path, data, **kw):
