@@ -83,7 +83,10 @@ def evaluate_image(loaded, arr: np.ndarray) -> dict:
         for fmt, pts in classic.items():
             for m in ("psnr", "ms_ssim"):
                 lv[f"{fmt.lower()}_{m}"] = metrics.interp_at(lv["bpp"], [p["bpp"] for p in pts], [p[m] for p in pts])
-    return {"width": w, "height": h, "levels": levels, "classic": classic}
+    rates, psnrs = [lv["bpp"] for lv in levels], [lv["psnr"] for lv in levels]
+    bd = {f"bd_psnr_vs_{fmt.lower()}": metrics.bd_psnr([p["bpp"] for p in pts], [p["psnr"] for p in pts], rates, psnrs)
+          for fmt, pts in classic.items()}
+    return {"width": w, "height": h, "levels": levels, "classic": classic, **bd}
 
 
 def finite_or_none(obj):
@@ -131,7 +134,12 @@ def summarise(per_image: list[dict]) -> dict:
     band = {"levels_in_0.25_1.0_bpp": [lv["quality"] for lv in in_band],
             "webp_delta_db_0.25_1.0_bpp": _nanmean([lv["webp_delta_db"] for lv in in_band]),
             "jpeg_delta_db_0.25_1.0_bpp": _nanmean([lv["jpeg_delta_db"] for lv in in_band])}
-    return {"levels": mean_levels, "classic": classic, **bd, **band, **speed}
+    per_image_bd = {}  # the measure: BD-PSNR over 0.25-1.0 bpp on each image's own curves, then averaged
+    for fmt in ("jpeg", "webp"):
+        values = [img[f"bd_psnr_vs_{fmt}"] for img in per_image]
+        per_image_bd[f"bd_psnr_vs_{fmt}_0.25_1.0_bpp"] = _nanmean(values)
+        per_image_bd[f"bd_psnr_vs_{fmt}_worst_image"] = min((v for v in values if math.isfinite(v)), default=math.nan)
+    return {"levels": mean_levels, "classic": classic, **bd, **band, **per_image_bd, **speed}
 
 
 def evaluate_codec(input_uri: str, work_uri: str, model: str = "",
