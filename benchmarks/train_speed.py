@@ -10,6 +10,7 @@ photos in memory, level sampling, gradient clipping, the learning-rate schedule 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import time
@@ -19,9 +20,10 @@ import skimage.data
 import torch
 
 from aeflow import precision
+from aeflow.pipeline import runtime
 from aeflow.training import TrainConfig, compute_loss, make_optimizer, new_model
 from aeflow.training.crops import batches_from_memory
-from aeflow.training.loop import Ema, prepare, train_epoch
+from aeflow.training.loop import Ema, for_steps, prepare, train_epoch
 
 
 def photos() -> list[np.ndarray]:
@@ -60,6 +62,7 @@ def loop_step_seconds(cfg: TrainConfig, steps: int) -> float:
     optimizer = make_optimizer(cfg, model)
     ema = Ema(model, cfg.ema)
     pics = photos()
+    model = for_steps(cfg, model)  # compiled on the first steps below, outside the timing
     train_epoch(cfg, model, optimizer, ema, batches_from_memory(cfg, pics, 3, np.random.default_rng(1)), 0,
                 device, cfg.lr)
     t0 = time.perf_counter()
@@ -79,7 +82,9 @@ def main() -> None:
     p.add_argument("--scale-min", type=float, default=0.5)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own)")
+    p.add_argument("--compile", action="store_true", help="also time the loop with torch.compile (bf16)")
     args = p.parse_args()
+    runtime.keep_freed_memory()  # as the training entry points do
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
@@ -87,13 +92,15 @@ def main() -> None:
               "task": args.task, "channels": args.channels, "latent_channels": args.latent_channels,
               "batch": f"{args.batch_size} x {args.crop} px", "runs": {}}
     pixels = args.batch_size * args.crop**2
-    for prec in ("bf16", "fp32"):
+    runs = [("bf16", False), ("fp32", False)] + ([("bf16", True)] if args.compile else [])
+    for prec, compiled in runs:
         cfg = TrainConfig(task=args.task, channels=args.channels, latent_channels=args.latent_channels,
                           width=args.width, batch_size=args.batch_size, crop=args.crop, scale_min=args.scale_min,
-                          precision=prec, warmup=1, lr=1e-4)
-        bare = bare_step_seconds(cfg, args.steps)
+                          precision=prec, warmup=1, lr=1e-4, compile=compiled)
+        bare = bare_step_seconds(dataclasses.replace(cfg, compile=False), args.steps)
         loop = loop_step_seconds(cfg, args.steps)
-        result["runs"][prec] = {"bare_step_s": round(bare, 4), "loop_step_s": round(loop, 4),
+        name = prec + (" compiled" if compiled else "")
+        result["runs"][name] = {"bare_step_s": round(bare, 4), "loop_step_s": round(loop, 4),
                                 "loop_steps_per_s": round(1 / loop, 3),
                                 "loop_megapixels_per_s": round(pixels / loop / 1e6, 3),
                                 "loop_over_bare": round(bare / loop, 3)}
