@@ -22,7 +22,6 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-import constriction
 import numpy as np
 import torch
 
@@ -75,6 +74,8 @@ class _Table:
 
     def __init__(self, probs: np.ndarray, lo: int):
         self.lo, self.size = int(lo), len(probs)
+        import constriction  # here, not at import: the training path runs where constriction is not installed
+
         self.model = constriction.stream.model.Categorical(probs, perfect=False)
 
 
@@ -174,6 +175,8 @@ def pack(q: np.ndarray, level: int, tables: Tables, fingerprint: str, width: int
     information z (a level coded under the hyperprior) each symbol's table is picked from z."""
     q = np.asarray(q, np.int64)
     c, h, w = q.shape
+    import constriction
+
     encoder = constriction.stream.queue.RangeEncoder()
     escapes: list[np.ndarray] = []
     if z is not None:
@@ -248,6 +251,8 @@ def unpack(data: bytes, tables: Tables, fingerprint: str) -> tuple[np.ndarray, d
     words, esc_bytes = head["sections"][:2]
     if len(words) % 4 or len(esc_bytes) % 4:
         raise BitstreamError("malformed bitstream: section lengths are not whole 32-bit words")
+    import constriction
+
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(words, "<u4").astype(np.uint32))
     escapes = np.frombuffer(esc_bytes, "<i4").astype(np.int64)
     q = np.empty((c, h, w), np.int64)

@@ -10,7 +10,6 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -229,6 +228,8 @@ def encode_png(pixels: np.ndarray, icc: bytes | None = None, exif: bytes | None 
         chunks.append(_png_chunk(b"iCCP", b"ICC Profile\0\0" + zlib.compress(icc)))
     if exif:
         chunks.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif))
+    import imagecodecs  # here, not at import: the training path runs where imagecodecs is not installed
+
     chunks.append(_png_chunk(b"IDAT", imagecodecs.deflate_encode(rows, level=1, raw=False)))
     chunks.append(_png_chunk(b"IEND", b""))
     return PNG_SIGNATURE + b"".join(chunks)
