@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+import aeflow
 from aeflow import storage
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig, ResidualUNet, ResidualUNetConfig
 from aeflow.models.entropy import export_tables
@@ -120,6 +121,25 @@ def load_model(model: str, options: storage.StorageOptions = storage.StorageOpti
     module.eval()
     return LoadedModel(module, model_config["kind"], model_config, fingerprint(weights, model_config),
                        source, extra, meta)
+
+
+def retired_fingerprints() -> dict[str, str]:
+    """fingerprint -> the aeflow version that last shipped it, for codecs no longer in the package
+    (aeflow/weights/retired.json; docs/models.md lists them)."""
+    path = SHIPPED_DIR / "retired.json"
+    return {fp: entry["version"] for fp, entry in json.loads(path.read_text()).items()} if path.exists() else {}
+
+
+def shipped_for_fingerprint(fp: str, shipped: dict[str, str]) -> str:
+    """The shipped model name that wrote a row with fingerprint fp (`shipped` from shipped_fingerprints);
+    ValueError naming the version to install where the codec was retired."""
+    if fp in shipped:
+        return shipped[fp]
+    retired = retired_fingerprints()
+    if fp in retired:
+        raise ValueError(f"row was encoded by codec {fp}, retired from this aeflow ({aeflow.__version__}); "
+                         f"aeflow {retired[fp]} shipped it: decode with `pip install aeflow=={retired[fp]}`")
+    raise ValueError(f"row was encoded by model {fp}, which matches no shipped model; pass --model")
 
 
 def shipped_fingerprints() -> dict[str, str]:

@@ -94,20 +94,26 @@ def test_a_16_bit_input_records_its_mode(ray_local, tmp_path, photos):
     assert row["mode"].startswith("I") and codec.read_header(row["bitstream"])["mode"] == row["mode"]
 
 
-def test_top_level_hyperprior_saves_bytes_and_previous_codec_rows_still_decode(ray_local, tmp_path, photos):
-    """Quality 8 of the shipped codec is coded under its hyperprior (coder 4): the same symbols as the
-    previous shipped codec (whose factorized prior it kept below) in fewer bytes, the same pixels. Rows
-    that codec wrote are decoded by fingerprint, since it still ships (codec-07637277)."""
+def test_rows_of_the_previous_codec_still_decode_exactly_and_a_retired_codec_is_named(ray_local, tmp_path, photos):
+    """A release ships the current codec and the one before it: rows the previous codec wrote decode by
+    fingerprint to the library's pixels; a row of a retired codec is refused, naming it and its version."""
     src = write_photos(tmp_path / "in", {"coffee": photos["coffee"]})
-    rows, pixels = {}, {}
-    for name, extra in (("new", []), ("old", ["--model", "codec-07637277"])):
-        args = ["compress", "--input", str(src), "--output", str(tmp_path / name), "--quality", "8", *extra]
-        assert cli.main(args) == 0
-        rows[name] = pq.read_table(tmp_path / name / "latents-00000.parquet").to_pylist()[0]
-        assert cli.main(["decompress", "--input", str(tmp_path / name), "--output", str(tmp_path / f"{name}-out")]) == 0
-        pixels[name] = images.decode_image((tmp_path / f"{name}-out" / "coffee.png").read_bytes())[0]
-    assert codec.read_header(rows["new"]["bitstream"])["coder"] == codec.CODER_RANGE_HYPER
-    assert codec.read_header(rows["old"]["bitstream"])["coder"] == codec.CODER_RANGE_FACTORIZED
-    assert rows["new"]["model"] != rows["old"]["model"]
-    assert rows["new"]["bytes"] < rows["old"]["bytes"]
-    np.testing.assert_array_equal(pixels["new"], pixels["old"])
+    previous = modelstore.load_model("codec-d7334159")
+    for quality in ("3", "8"):  # factorized at 3, its top-level hyperprior at 8
+        out = tmp_path / f"old-{quality}"
+        assert cli.main(["compress", "--input", str(src), "--output", str(out), "--quality", quality,
+                         "--model", "codec-d7334159"]) == 0
+        row = pq.read_table(out / "latents-00000.parquet").to_pylist()[0]
+        assert row["model"] == previous.fingerprint != modelstore.load_model(modelstore.DEFAULT_CODEC).fingerprint
+        assert cli.main(["decompress", "--input", str(out), "--output", str(tmp_path / f"old-{quality}-out")]) == 0
+        pixels = images.decode_image((tmp_path / f"old-{quality}-out" / "coffee.png").read_bytes())[0]
+        np.testing.assert_array_equal(pixels, codec.decode_bitstream(previous, row["bitstream"]).rgb)
+    table = pq.read_table(tmp_path / "old-3" / "latents-00000.parquet")
+    retired = tmp_path / "retired"
+    retired.mkdir()
+    column = table.schema.get_field_index("model")
+    pq.write_table(table.set_column(column, "model", pa.array(["07637277a5f4dc06"])), retired / "latents-00000.parquet")
+    assert cli.main(["decompress", "--input", str(retired), "--output", str(tmp_path / "retired-out")]) != 0
+    errors = pq.read_table(tmp_path / "retired-out" / "errors.parquet").to_pylist()
+    assert len(errors) == 1 and "07637277a5f4dc06" in errors[0]["error"] and "aeflow 0.1.0" in errors[0]["error"]
+    assert not (tmp_path / "retired-out" / "coffee.png").exists()

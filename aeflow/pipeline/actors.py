@@ -123,9 +123,8 @@ class DecodeLatents(ModelActor):
             if self.loaded is not None:
                 raise ValueError(f"row was encoded by model {fp}, but the model given "
                                  f"({self.loaded.source}) is {self.loaded.fingerprint}; refusing to decode")
-            if fp not in self.shipped:
-                raise ValueError(f"row was encoded by model {fp}, which matches no shipped model; pass --model")
-            self.models[fp] = modelstore.load_model(self.shipped[fp], self.options)
+            name = modelstore.shipped_for_fingerprint(fp, self.shipped)
+            self.models[fp] = modelstore.load_model(name, self.options)
         return self.models[fp]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
