@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import aeflow
+from aeflow.images import to_tensor, to_uint8
 from aeflow.models.entropy import TABLE_BITS
 from aeflow.models.hyperprior import LAYERS as _HS_LAYERS
 from aeflow.models.hyperprior import scales_and_means
@@ -332,8 +333,8 @@ def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALI
     device = next(module.parameters()).device
     h, w = arrays[0].shape[:2]
     per_call = images_per_call(h, w, device)
-    y = torch.cat([analyse(module, torch.from_numpy(np.stack(arrays[i:i + per_call])).to(device)
-                           .permute(0, 3, 1, 2).float().div_(255.0)) for i in range(0, len(arrays), per_call)])
+    y = torch.cat([analyse(module, to_tensor(arrays[i:i + per_call], device))
+                   for i in range(0, len(arrays), per_call)])
     y = y.float()  # under a caller's bf16 autocast, the gains and rounding still run in fp32
     n = len(arrays)
     modes, alphas, iccs = modes or ["RGB"] * n, alphas or [None] * n, iccs or [None] * n
@@ -387,7 +388,3 @@ def decode_bitstream(loaded, data: bytes) -> Decoded:
     icc = head["sections"][3] if head["flags"] & FLAG_ICC else None
     return Decoded(rgb, alpha, icc, head["mode"], head["level"])
 
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8, rounded."""
-    return x.clamp(0, 1).mul_(255).round_().byte().permute(1, 2, 0).contiguous().numpy()

@@ -35,12 +35,9 @@ def random_crops(arr: np.ndarray, size: int, n: int, rng: np.random.Generator,
 
 
 def image_paths(uri: str, options: storage.StorageOptions) -> tuple[object, list[str]]:
-    fs, root = storage.filesystem(uri, options)
-    base = storage.input_root(fs, root)
-    keys = [k for k in storage.list_files(fs, root) if images.is_image_key(k)]
-    if not keys:
-        raise FileNotFoundError(f"no images under {uri}")
-    return fs, [storage.join(base, k) for k in keys]
+    """(filesystem, full paths) of the images under uri, by the one lister (images.list_images)."""
+    found = images.list_images(uri, options)
+    return found.fs, [found.path(k) for k in found.images]
 
 
 def load_photos(uri: str, options: storage.StorageOptions) -> list[np.ndarray]:
