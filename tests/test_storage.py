@@ -33,8 +33,7 @@ def test_decompress_refuses_an_unsafe_key_in_the_latents_as_a_key_error(ray_loca
     from aeflow import codec, modelstore
 
     model = modelstore.load_model(modelstore.DEFAULT_CODEC)
-    channels = len(codec.tables_of(model).lo[0])
-    bits = codec.pack(np.zeros((channels, 1, 1), np.int64), 0, codec.tables_of(model), model.fingerprint, 16, 16)
+    bits = codec.encode_images(model, [np.zeros((16, 16, 3), np.uint8)], quality=1)[0]
     row = {f.name: None for f in pipeline.LATENTS_SCHEMA}
     row.update(path="../escape.png", width=16, height=16, model=model.fingerprint, bitstream=bits,
                bytes=len(bits), format_version=codec.FORMAT_VERSION)
