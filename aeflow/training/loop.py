@@ -15,6 +15,7 @@ import torch
 
 from aeflow import precision
 from aeflow.training.config import TrainConfig
+from aeflow.training.loss import compute_loss
 
 FAST_PARAMS = ("priors.", "log_gain", "log_inv_gain", "hyper.z_prior.")  # small densities and gains: 10x the lr
 
@@ -81,8 +82,6 @@ def train_epoch(cfg: TrainConfig, model: torch.nn.Module, optimizer: torch.optim
                 batches: Iterable[torch.Tensor], step: int, device: torch.device, lr: float) -> tuple[int, dict]:
     """One pass over `batches` (uint8 NHWC crops) at base rate `lr`; returns the new step count and the
     epoch's mean metrics (read from the device once, here at the end)."""
-    from aeflow.training.loss import compute_loss  # degrade -> images: kept off the import path of loop users
-
     model.train()
     bf16 = precision.use_bf16(cfg.precision, device)
     sums: dict[str, torch.Tensor] = {}
