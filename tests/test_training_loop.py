@@ -8,6 +8,7 @@ import torch
 from aeflow import codec, modelstore
 from aeflow.training import TrainConfig, make_optimizer, new_model, train, train_epoch
 from aeflow.training.loop import Ema, prepare
+from aeflow.training.start import initial_model
 
 
 def _fixed_batches(photo: np.ndarray, n: int, size: int = 64):
@@ -115,3 +116,14 @@ def test_plain_training_runs_without_ray_constriction_or_imagecodecs(tmp_path, p
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "fingerprint" in out.stdout
+
+
+def test_a_magnitude_hyperprior_grows_into_a_signed_one_with_the_same_side_information(photos):
+    grown = initial_model(TrainConfig(task="codec", init=modelstore.DEFAULT_CODEC))
+    shipped = modelstore.load_model(modelstore.DEFAULT_CODEC).module
+    assert grown.config.hyperprior_signed and not shipped.config.hyperprior_signed
+    with torch.no_grad():
+        y = shipped.encode(torch.from_numpy(photos["astronaut"]).permute(2, 0, 1)[None].float() / 255) * 4
+        assert torch.allclose(grown.hyper.side(y), shipped.hyper.side(y), atol=1e-4)  # the signs start unused
+    m = shipped.config.latent_channels
+    assert grown.hyper.h_a[0].weight.shape[1] == 2 * m and not grown.hyper.h_a[0].weight[:, m:].any()

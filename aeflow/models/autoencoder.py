@@ -33,6 +33,7 @@ class ConvAutoencoderConfig:
     lambdas: tuple[float, ...] = field(default=DEFAULT_LAMBDAS)  # one quality level per lambda, low to high
     hyperprior: bool = False  # symbols are coded under a mean-scale hyperprior (models/hyperprior.py)
     hyperprior_levels: str = "top"  # with hyperprior: "top" (the top level only) or "all" (every level)
+    hyperprior_signed: bool = False  # the hyperprior's analysis sees the latents' signs, not only magnitudes
 
     def __post_init__(self):
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
@@ -69,7 +70,9 @@ class ConvAutoencoder(nn.Module):
             raise ValueError(f"hyperprior_levels {config.hyperprior_levels!r}: 'top' or 'all'")
         every = config.hyperprior and config.hyperprior_levels == "all"
         self.priors = nn.ModuleList(FactorizedPrior(m) for _ in range(0 if every else levels))
-        self.hyper = ScaleHyperprior(m, levels=levels if every else 1) if config.hyperprior else None
+        self.hyper = None
+        if config.hyperprior:
+            self.hyper = ScaleHyperprior(m, levels=levels if every else 1, signed=config.hyperprior_signed)
 
     @property
     def levels(self) -> int:

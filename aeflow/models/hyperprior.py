@@ -11,6 +11,8 @@ h_s is turned into integers (fixed-point weights, activations floored to 8 fract
 float64 on the CPU: every product and sum is then an integer below 2**53, exact in any order, on any
 machine and thread count. Training uses the float network; the exported one is what codes.
 
+h_a sees the latents' magnitudes, and with `signed` their signed values beside them (Minnen et al.'s h_a
+sees y): from magnitudes alone z cannot say a latent's sign, so the predicted means can only be near 0.
 One h_a / h_s serves every level it codes: they see the level's gain-scaled latents, so the gains carry
 the level. Only z's factorized prior is per level (z's magnitudes grow with the level's gain).
 The hyperprior runs in fp32 even under a bf16 autocast: its scales and likelihoods need the mantissa.
@@ -37,12 +39,12 @@ LAYERS = (("s0", True), ("s2", True), ("s4", False))  # h_s layers (name, transp
 class ScaleHyperprior(nn.Module):
     """h_a: |latents| -> z (1/4 size); h_s: z -> per latent, a scale index (in index units) and a mean."""
 
-    def __init__(self, latent_channels: int, channels: int = 64, levels: int = 1):
+    def __init__(self, latent_channels: int, channels: int = 64, levels: int = 1, signed: bool = False):
         super().__init__()
         m, n = latent_channels, channels
-        self.z_levels = levels
+        self.z_levels, self.signed = levels, signed
         self.h_a = nn.Sequential(
-            nn.Conv2d(m, n, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(2 * m if signed else m, n, 3, padding=1), nn.ReLU(),
             nn.Conv2d(n, n, 5, stride=2, padding=2), nn.ReLU(),
             nn.Conv2d(n, n, 5, stride=2, padding=2),
         )
@@ -59,9 +61,10 @@ class ScaleHyperprior(nn.Module):
 
     def side(self, y: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, M, h, w) -> continuous side information (B, N, ceil(h/4), ceil(w/4)), from
-        their magnitudes (trained both ways here, |y| reached a lower rate sooner)."""
+        their magnitudes (and, signed, their values: magnitudes first, so a magnitude-only h_a grows into it)."""
         h, w = y.shape[-2:]
-        return self.h_a(F.pad(y.abs(), (0, -w % 4, 0, -h % 4)))
+        x = torch.cat([y.abs(), y], dim=1) if self.signed else y.abs()
+        return self.h_a(F.pad(x, (0, -w % 4, 0, -h % 4)))
 
     def bits(self, y: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
         """Training rate of scaled latents y (B, M, h, w) (continuous): bits per image, side info included.

@@ -16,7 +16,8 @@ def new_model(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.task == "codec":
         return ConvAutoencoder(ConvAutoencoderConfig(
             channels=cfg.channels, latent_channels=cfg.latent_channels, lambdas=cfg.lmbda,
-            hyperprior=not cfg.factorized, hyperprior_levels="top" if cfg.factorized else "all"))
+            hyperprior=not cfg.factorized, hyperprior_levels="top" if cfg.factorized else "all",
+            hyperprior_signed=not cfg.factorized))
     if cfg.task in degrade.TASKS:
         noise_map = cfg.noise_map and cfg.task == "denoise"
         return ResidualUNet(ResidualUNetConfig(task=cfg.task, width=cfg.width, noise_map=noise_map,
@@ -65,6 +66,11 @@ def hyperprior_for_every_level(state: dict[str, torch.Tensor], levels: int) -> d
     return out
 
 
+# First layers whose added inputs start at zero weight: a codec's added latent channels, a restorer's added
+# input planes, the signed latents beside the magnitudes in a hyperprior's analysis.
+GROWN_INPUTS = ("decoder.0.weight", "head.0.weight", "hyper.h_a.0.weight")
+
+
 @torch.no_grad()
 def grow_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Copy each tensor of `state` into the overlapping slice of the same-named parameter."""
@@ -73,7 +79,7 @@ def grow_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
         if name not in own or own[name].dim() != value.dim():
             continue
         target = own[name]
-        if name in ("decoder.0.weight", "head.0.weight") and target.shape != value.shape:
+        if name in GROWN_INPUTS and target.shape != value.shape:
             target.zero_()  # added latent / input channels start unused: the old model's output at first
         region = tuple(slice(0, min(a, b)) for a, b in zip(target.shape, value.shape))
         target[region] = value[region]
