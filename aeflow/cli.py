@@ -21,7 +21,8 @@ from aeflow import pipeline, storage
 from aeflow.pipeline import runtime
 
 JOBS = {"compress": "images -> latents Parquet", "decompress": "latents Parquet -> PNG images",
-        "restore": "images -> restored images", "generate": "new images decoded from sampled latents"}
+        "restore": "images -> restored images",
+        "generate": "variations of images, interpolations and samples from the codec's hyperprior"}
 
 # What TrainConfig's fields and their comments do not say: flag names kept from earlier releases, required
 # flags, help where a field has no comment (choices are added in build_parser).
@@ -57,7 +58,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Help that shows a flag's default where it says something: not for switches, required or empty ones."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.required or action.nargs == 0 or action.default in ("", None):
+        if action.required or action.nargs == 0 or action.default in ("", None, ()):
             return action.help
         return super()._get_help_string(action)
 
@@ -82,16 +83,19 @@ def add_fields(p: argparse.ArgumentParser, cls: type, fields: list[dataclasses.F
         flag = spec.get("flag") or "--" + f.name.replace("_", "-")
         kw: dict = {"dest": f.name, "help": spec.get("help") or "default: %(default)s"}
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            kw["required"] = True
+            kw["required"] = spec.get("required", True)
+            kw["default"] = ""
         else:
             kw["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             kw["required"] = spec.get("required", False)
         hint = hints[f.name]
         if hint is bool:
             kw["action"] = "store_false" if kw["default"] else "store_true"
+        elif typing.get_origin(hint) is tuple and "nargs" in spec:
+            kw.update(type=typing.get_args(hint)[0], nargs=spec["nargs"], metavar=spec.get("metavar"))
         elif typing.get_origin(hint) is tuple:
             kw["type"] = _comma_list(typing.get_args(hint)[0])
-            kw["metavar"] = "A,B,..."
+            kw["metavar"] = spec.get("metavar", "A,B,...")
         else:
             kw["type"] = hint
         if "choices" in spec:
@@ -131,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     for command, description in JOBS.items():
         p = sub.add_parser(command, help=description, formatter_class=_Help)
-        flags[command] = add_fields(p, pipeline.JobConfig, _job_fields(command), {})
+        optional = {f.name: {"required": False} for f in _job_fields(command)
+                    if command in f.metadata.get("optional_for", ())}
+        flags[command] = add_fields(p, pipeline.JobConfig, _job_fields(command), optional)
         _endpoint_flag(p)
 
     p = sub.add_parser("eval", help="codec rate-distortion vs JPEG/WebP, or restoration vs classical denoisers")
@@ -158,6 +164,7 @@ def _options(args: argparse.Namespace) -> storage.StorageOptions:
 def job_config(args: argparse.Namespace) -> pipeline.JobConfig:
     """The JobConfig a parsed job command line describes."""
     given = {f.name: getattr(args, f.name) for f in _job_fields(args.command)}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}  # nargs flags give lists
     return pipeline.JobConfig(**{"input": "", **given, "storage": _options(args)})
 
 

@@ -74,7 +74,7 @@ class _Table:
     """One integer table: values lo .. lo + size - 2, then the escape symbol for anything else."""
 
     def __init__(self, probs: np.ndarray, lo: int):
-        self.lo, self.size = int(lo), len(probs)
+        self.lo, self.size, self.probs = int(lo), len(probs), probs
         import constriction  # here, not at import: the training path runs where constriction is not installed
 
         self.model = constriction.stream.model.Categorical(probs, perfect=False)

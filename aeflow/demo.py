@@ -1,7 +1,8 @@
 """`aeflow demo`: the product end to end on real photos bundled with scikit-image (never trained on).
 
-compress -> decompress with the shipped codec, and denoising of the same photos with sigma-25 noise
-added, all through the real Ray Data pipeline on a local Ray; prints a table and where outputs are.
+compress -> decompress with the shipped codec, denoising of the same photos with sigma-25 noise added,
+enhancing, and variations from the codec's hyperprior, all through the real Ray Data pipeline on a local
+Ray; prints a table and where outputs are.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from aeflow import degrade, evaluate, images, metrics, pipeline, report
+from aeflow import degrade, evaluate, generation, images, metrics, modelstore, pipeline, report
 from aeflow.samples import PHOTOS, demo_photos
 
 NOISE_SIGMA = 25.0
 ENHANCE_STRENGTH = 1.0
+VARIATIONS = 2  # per photo, at the second temperature
+TEMPERATURES = (0.25, 0.5)
+GENERATE_QUALITY = 6
 
 
 def _save(folder: str, name: str, arr: np.ndarray) -> None:
@@ -35,7 +39,7 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
     import ray
 
     out = os.path.abspath(out)
-    steps = 5
+    steps = 6
     print(f"[1/{steps}] writing {len(PHOTOS)} scikit-image photos and their sigma-{NOISE_SIGMA:g} noisy copies "
           f"to {out}/photos, {out}/noisy", flush=True)
     photos = demo_photos()
@@ -65,6 +69,12 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
     pipeline.restore(pipeline.JobConfig(input=f"{out}/photos", output=f"{out}/enhanced", task="enhance",
                                         strength=ENHANCE_STRENGTH, resume=False))
 
+    print(f"[6/{steps}] generate --variations {VARIATIONS} --temperature {TEMPERATURES[1]:g} {out}/photos -> "
+          f"{out}/variations", flush=True)
+    pipeline.generate(pipeline.JobConfig(input=f"{out}/photos", output=f"{out}/variations", variations=VARIATIONS,
+                                         temperature=TEMPERATURES[1], quality=GENERATE_QUALITY, resume=False))
+    _generation_grid(out, photos)
+
     lat = pq.read_table(f"{out}/latents/latents-00000.parquet", columns=["path", "bytes", "bpp"]).to_pylist()
     by_name = {r["path"][:-4]: r for r in lat}
     rows = []
@@ -85,8 +95,33 @@ def run_demo(out: str = "aeflow-demo") -> list[dict]:
     with open(f"{out}/grid.png", "wb") as f:
         f.write(report.grid_png(grid, size=200))
     print(f"\noutputs: {out}/latents (Parquet, manifest.json, errors.parquet), {out}/decompressed, "
-          f"{out}/noisy, {out}/denoised, {out}/enhanced; a before/after picture in {out}/grid.png")
+          f"{out}/noisy, {out}/denoised, {out}/enhanced, {out}/variations; a before/after picture in "
+          f"{out}/grid.png, and variations and an interpolation in {out}/generate-grid.png")
     return rows
+
+
+def _square(arr: np.ndarray, size: int) -> np.ndarray:
+    """The centre square of a photo, resized to size x size."""
+    h, w = arr.shape[:2]
+    side = min(h, w)
+    crop = arr[(h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    return np.asarray(Image.fromarray(crop).resize((size, size), Image.LANCZOS))
+
+
+def _generation_grid(out: str, photos: dict[str, np.ndarray], size: int = 192) -> None:
+    """generate-grid.png: a photo and its variations at two temperatures, then an interpolation to another."""
+    loaded = modelstore.load_model(modelstore.DEFAULT_CODEC)
+    level = generation.check_level(loaded, GENERATE_QUALITY)
+    first, second = (_square(photos[name], size) for name in ("astronaut", "chelsea"))
+    a = generation.anchor(loaded, first, level)
+    row = [("input", first)]
+    for t in TEMPERATURES:
+        row += [(f"T={t:g}", generation.variation(loaded, a, t, generation.image_seed(0, "astronaut") + v))
+                for v in range(2)]
+    frames = generation.interpolate(loaded, first, second, len(row), level)
+    with open(f"{out}/generate-grid.png", "wb") as f:
+        f.write(report.grid_png([row, [("interpolation" if i == 0 else "", x) for i, x in enumerate(frames)]],
+                                size=size))
 
 
 def _print_table(rows: list[dict], n: int, t_comp: float, t_dec: float, t_den: float) -> None:

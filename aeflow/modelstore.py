@@ -33,7 +33,7 @@ class LoadedModel:
     config: dict  # the model section of config.json
     fingerprint: str
     source: str  # the URI or shipped name it came from
-    extra: dict  # other tensors stored beside the weights (e.g. the generative prior)
+    extra: dict  # other tensors stored beside the weights (e.g. the entropy coder's integer tables)
     meta: dict  # the whole config.json (training record included)
 
 

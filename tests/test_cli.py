@@ -21,12 +21,14 @@ def test_job_flags_build_the_jobconfig():
                                           "--strength", "0.5", "--split-stages"])
     assert cli.job_config(args) == pipeline.JobConfig(input="i", output="o", resume=False, strength=0.5,
                                                       split_stages=True)
-    args = cli.build_parser().parse_args(["generate", "--output", "o", "--count", "2"])
-    assert cli.job_config(args) == pipeline.JobConfig(input="", output="o", count=2)
+    args = cli.build_parser().parse_args(["generate", "--output", "o", "--count", "2", "--size", "320,200"])
+    assert cli.job_config(args) == pipeline.JobConfig(input="", output="o", count=2, size=(320, 200))
+    args = cli.build_parser().parse_args(["generate", "--output", "o", "--interpolate", "a.png", "s3://b/c.jpg"])
+    assert cli.job_config(args) == pipeline.JobConfig(input="", output="o", interpolate=("a.png", "s3://b/c.jpg"))
 
 
 def test_decompress_refuses_a_flag_it_does_not_use(tmp_path, capsys):
     code = cli.main(["decompress", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--listing", "k.txt"])
     assert code == 2
-    assert "--listing does not apply to decompress (a flag of compress, restore)" in capsys.readouterr().err
+    assert "--listing does not apply to decompress (a flag of compress, restore, generate)" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -12,5 +12,7 @@ def test_demo_prints_its_table_and_writes_every_output(ray_local, tmp_path, caps
     assert 0 < bpp < 1 and psnr > 20 and denoised > noisy + 5
     for folder in ("photos", "decompressed", "noisy", "denoised", "enhanced"):
         assert len(list((tmp_path / "demo" / folder).glob("*.png"))) == 5, folder
+    assert len(list((tmp_path / "demo" / "variations").glob("*-v0[01].png"))) == 10
     assert (tmp_path / "demo" / "grid.png").stat().st_size > 10_000
+    assert (tmp_path / "demo" / "generate-grid.png").stat().st_size > 10_000
     assert (tmp_path / "demo" / "latents" / "manifest.json").exists()

@@ -61,6 +61,24 @@ def test_worker_sigkilled_mid_restore_loses_nothing_and_writes_nothing_twice(ray
     assert sorted(progress.column("path").to_pylist()) == sorted(names)  # each exactly once
 
 
+def test_worker_sigkilled_mid_generate_writes_every_variation_once(ray_local, tmp_path):
+    names = _many_images(tmp_path / "in", 24)
+    out = tmp_path / "out"
+    job = pipeline.JobConfig(input=str(tmp_path / "in"), output=str(out), variations=2, quality=6,
+                             batch_size=2, flush_rows=1)
+    thread, res = _run_in_thread(lambda: pipeline.generate(job))
+    killed = kill_when("MapBatches(VaryImages)", lambda: len(list(out.rglob("img*.png"))) >= 6)
+    thread.join(timeout=400)
+    assert killed, "the worker was never seen to kill"
+    assert "error" not in res, res.get("error")
+    assert (res["result"].written, res["result"].failed) == (24, 0)
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("img*.png"))
+    assert written == sorted(n[:-4] + f"-v{v:02d}.png" for n in names for v in range(2))
+    assert not list(out.rglob("*.tmp")), "a partial file was left behind"
+    progress = pq.ParquetDataset(sorted(str(p) for p in (out / "_progress").glob("part-*.parquet"))).read()
+    assert sorted(progress.column("path").to_pylist()) == sorted(names)  # each exactly once
+
+
 def test_driver_killed_mid_job_rerun_finishes_the_rest(ray_local, tmp_path):
     names = _many_images(tmp_path / "in", 30, size=400)  # big enough that the job takes a while
     out = tmp_path / "out"

@@ -84,10 +84,10 @@ def test_restore_denoises_and_records_collisions(ray_local, tmp_path, photos):
 
 
 def test_generate_writes_distinct_images(ray_local, tmp_path):
-    summary = pipeline.generate(pipeline.JobConfig(input="", output=str(tmp_path / "gen"), count=3))
+    summary = pipeline.generate(pipeline.JobConfig(input="", output=str(tmp_path / "gen"), count=3, size=(96, 64)))
     assert summary.written == 3
     arrs = [images.decode_image((tmp_path / "gen" / f"generated-{i:06d}.png").read_bytes())[0] for i in range(3)]
-    assert all(a.shape == (128, 128, 3) and a.std() > 5 for a in arrs)
+    assert all(a.shape == (64, 96, 3) and a.std() > 5 for a in arrs)
     assert np.abs(arrs[0].astype(int) - arrs[1]).mean() > 3
 
 

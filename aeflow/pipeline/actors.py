@@ -7,6 +7,7 @@ from and to the CPU operators beside it.
 
 from __future__ import annotations
 
+import posixpath
 import threading
 import time
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 import torch
 
 import aeflow
-from aeflow import codec, images, metrics, modelstore, restoration, storage
+from aeflow import codec, generation, images, metrics, modelstore, restoration, storage
 from aeflow.pipeline import runtime, schemas, stages
 from aeflow.pipeline.stages import Batch, Pending
 
@@ -211,26 +212,51 @@ class RestoreImages(ModelActor):
         return self.finish(work, schemas.STATUS_SCHEMA)
 
 
+class VaryImages(ModelActor):
+    """Pictures -> their latents and hyperprior scales at one level -> K variations each to write, as
+    <stem>-vNN.png beside where the row's output would go."""
+
+    def __init__(self, *, level: int, variations: int, temperature: float, seed: int, **actor):
+        super().__init__(**actor)
+        self.level, self.variations, self.temperature, self.seed = level, variations, temperature, seed
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
+        work = self.take(batch)
+        for i, pic in list(work.images.items()):
+            row = work.rows[i]
+            stem = posixpath.splitext(row["output"])[0]
+            seed = generation.image_seed(self.seed, row["path"])
+            try:
+                with self.model_lock:
+                    a = generation.anchor(self.loaded, pic.rgb, self.level)
+                    pixels = [generation.variation(self.loaded, a, self.temperature, seed + v)
+                              for v in range(self.variations)]
+            except Exception as e:
+                work.fail(i, "model", e)
+                continue
+            row.update(output=f"{stem}-v*.png", seed=seed)
+            work.images[i] = [Pending(p, pic.alpha, pic.icc, pic.exif, key=f"{stem}-v{v:02d}.png")
+                              for v, p in enumerate(pixels)]
+        return self.finish(work, schemas.STATUS_SCHEMA)
+
+
 class GenerateImages(ModelActor):
-    """Seeds -> latents sampled from the codec's prior -> decoder -> images to write."""
+    """Seeds -> unconditional samples from the codec's hyperprior at one level -> images to write."""
+
+    def __init__(self, *, level: int, size: tuple[int, int], temperature: float, **actor):
+        super().__init__(**actor)
+        self.level, self.size, self.temperature = level, size, temperature
 
     @staticmethod
     def key(seed: int) -> str:
         return f"generated-{seed:06d}.png"
 
-    @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
-        extra = self.loaded.extra
-        shape = [int(v) for v in extra["prior_shape"].tolist()]
-        size = int(shape[1] * self.loaded.module.config.stride)
         work = Batch([])
-        for seed in batch["id"]:
-            key = self.key(int(seed))
-            g = torch.Generator().manual_seed(int(seed))
-            z = torch.randn(extra["prior_basis"].shape[0], generator=g)
-            y = (extra["prior_mean"] + z @ extra["prior_basis"]).view(1, *shape)
+        for seed in batch["id"].tolist():
+            key = self.key(seed)
             with self.model_lock:
-                arr = images.to_uint8(codec.synthesise(self.loaded.module, y.to(self.device), (size, size))[0])
-            work.images[len(work.rows)] = Pending(arr)
-            work.rows.append({"path": key, "output": key})
+                pixels = generation.sample(self.loaded, self.size, self.level, self.temperature, seed)
+            work.images[len(work.rows)] = Pending(pixels)
+            work.rows.append({"path": key, "output": key, "seed": seed})
         return self.finish(work, schemas.STATUS_SCHEMA)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from aeflow import codec, storage
 
 ALL = ("compress", "decompress", "restore", "generate")
-FROM_FILES = ("compress", "decompress", "restore")  # jobs that read an input URI
-FROM_IMAGES = ("compress", "restore")  # jobs that list images
+FROM_FILES = ("compress", "decompress", "restore")  # jobs that read an input URI (generate may: --variations)
+FROM_IMAGES = ("compress", "restore", "generate")  # jobs that list images
 
 
 def _opt(default, jobs: tuple[str, ...], help: str, **extra):
@@ -21,7 +21,8 @@ def _opt(default, jobs: tuple[str, ...], help: str, **extra):
 class JobConfig:
     """Settings of one bulk job, as the CLI and jobs/*.py build them."""
 
-    input: str = field(metadata={"jobs": FROM_FILES, "help": "local path or s3://bucket/prefix"})
+    input: str = field(metadata={"jobs": ALL, "help": "local path or s3://bucket/prefix",
+                                 "optional_for": ("generate",)})
     output: str = field(metadata={"jobs": ALL, "help": "local path or s3://bucket/prefix"})
     model: str = _opt("", ALL, "model folder URI or shipped name (default: compress and generate codec-default; "
                                "decompress the shipped model of each row's fingerprint; restore the one for --task)")
@@ -34,8 +35,9 @@ class JobConfig:
     format: str = _opt("png", ("decompress", "restore"), "output image format", choices=("png", "webp", "jpeg"))
     task: str = _opt("denoise", ("restore",), "restoration task: denoise, deblock, deblur, inpaint, or enhance "
                                               "(the deblurrer on clean photos, with --strength)")
-    quality: int = _opt(codec.DEFAULT_QUALITY, ("compress",),
-                        "the codec's quality level, 1 (smallest) .. its number of levels")
+    quality: int = _opt(codec.DEFAULT_QUALITY, ("compress", "generate"),
+                        "the codec's quality level, 1 (smallest) .. its number of levels (generate: the level "
+                        "whose latents and hyperprior it samples)")
     target_bpp: float = _opt(0.0, ("compress",), "per image, the highest level whose stored size is at most this "
                                                  "many bits per pixel (overrides --quality)")
     tile: int = _opt(512, ("restore",), "images larger than this run in overlapping tiles (bounded memory)")
@@ -46,9 +48,22 @@ class JobConfig:
     listing: str = _opt("", FROM_IMAGES, "keys under --input from a file (Parquet 'path' column, or text with one "
                                          "key a line) instead of listing the prefix; each job saves its own "
                                          "listing as <output>/_listing.parquet")
-    count: int = _opt(0, ("generate",), "number of images to generate")
-    seed: int = _opt(0, ("generate",), "seed of the first image (image i has seed + i)")
-    max_errors: float = _opt(-1, FROM_FILES, "fail the job past N failed inputs (N >= 1) or a fraction "
+    count: int = _opt(0, ("generate",), "unconditional samples to draw (without --input): z from its own prior, "
+                                        "then the latents from the hyperprior's Gaussians given z")
+    size: tuple[int, ...] = _opt((256, 256), ("generate",), "width,height of the unconditional samples",
+                                 metavar="W,H")
+    variations: int = _opt(0, ("generate",), "variations to write of each image under --input, as "
+                                             "<output>/<key stem>-vNN.png")
+    temperature: float = _opt(0.5, ("generate",), "T: the latents drawn are the image's own plus T times the "
+                                                  "hyperprior's scale times standard normal noise (0: the "
+                                                  "image's own decode)")
+    interpolate: tuple[str, ...] = _opt((), ("generate",), "two image URIs: decode --steps images along the "
+                                                           "straight line between their latents (on the driver)",
+                                        nargs=2, metavar=("A", "B"))
+    steps: int = _opt(8, ("generate",), "images along --interpolate, both ends included")
+    seed: int = _opt(0, ("generate",), "seed of the first sample (sample i has seed + i); with --input, each "
+                                       "image's seed comes from this seed and its key")
+    max_errors: float = _opt(-1, ALL, "fail the job past N failed inputs (N >= 1) or a fraction "
                                              "(0 < N < 1); -1: fail only when every input failed")
     resume: bool = _opt(True, ALL, "redo every input (by default a job skips the inputs that a previous run "
                                    "finished with the same settings)", flag="--overwrite")

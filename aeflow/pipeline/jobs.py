@@ -5,6 +5,7 @@ resume ledger -> start Ray -> size the pool -> map the stages -> drain the resul
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 import warnings
@@ -14,9 +15,10 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aeflow import codec, images, modelstore, storage
+import aeflow
+from aeflow import codec, generation, images, modelstore, storage
 from aeflow.pipeline import ledger, runtime, schemas, stages
-from aeflow.pipeline.actors import DecodeLatents, EncodeImages, GenerateImages, ModelActor, RestoreImages
+from aeflow.pipeline.actors import DecodeLatents, EncodeImages, GenerateImages, ModelActor, RestoreImages, VaryImages
 from aeflow.pipeline.config import JobConfig, JobSummary
 
 # Ray Data counts an operator's inputs when it plans the job, before the streaming repartition of the keys or
@@ -203,14 +205,34 @@ def restore(job: JobConfig) -> JobSummary:
 
 
 def generate(job: JobConfig) -> JobSummary:
-    """job.count new images decoded from latents sampled from the codec's prior, as PNGs."""
+    """From the codec's hyperprior: --variations of each image under job.input, an --interpolate sequence
+    between two images (on the driver), or --count unconditional samples; PNGs under job.output."""
     t0 = time.time()
+    modes = [bool(job.input), bool(job.interpolate), job.count > 0]
+    if sum(modes) != 1:
+        raise ValueError("generate: give one of --input (with --variations), --interpolate A B, or --count")
     model = job.model or modelstore.DEFAULT_CODEC
-    loaded = modelstore.load_model(model, job.storage)
-    if "prior_basis" not in loaded.extra:
-        raise ValueError(f"--model {model}: has no generative prior (train it with `aeflow train --task codec`)")
-    if job.count < 1:
-        raise ValueError("--count must be at least 1")
+    loaded = _load(model, job, "codec", "generate samples a codec's hyperprior")
+    level = generation.check_level(loaded, job.quality)
+    if job.temperature < 0:
+        raise ValueError(f"--temperature {job.temperature:g}: must be 0 or more")
+    if job.interpolate:
+        return _interpolate(job, loaded, level, t0)
+    settings = f"{loaded.fingerprint}/q{level + 1}/t{job.temperature:g}"
+    if job.input:
+        if job.variations < 1:
+            raise ValueError("--input: say how many variations of each image with --variations K (K >= 1)")
+        found = _list_images(job)
+        return run_job(job, Spec(
+            "generate", found.images, found.others, f"{settings}/k{job.variations}/seed{job.seed}",
+            [loaded.fingerprint], _keys(job.batch_size),
+            Stages(VaryImages, {"model": model, "level": level, "variations": job.variations,
+                                "temperature": job.temperature, "seed": job.seed},
+                   read={"source": job.input, "base": found.base, "out_ext": ".png",
+                         "taken": stages.collisions(list(found.images), ".png")},
+                   write={"output": job.output, "fmt": "png"})), t0)
+    if len(job.size) != 2 or min(job.size) < 16:
+        raise ValueError(f"--size {','.join(map(str, job.size))}: width,height, each at least 16")
     seeds = {GenerateImages.key(job.seed + i): job.seed + i for i in range(job.count)}
 
     def source(todo: list[str]):
@@ -218,6 +240,33 @@ def generate(job: JobConfig) -> JobSummary:
 
         return ray.data.from_items([{"id": seeds[k]} for k in todo])
 
+    width, height = job.size
     return run_job(job, Spec(
-        "generate", {k: (0, "") for k in seeds}, [], loaded.fingerprint, [loaded.fingerprint], source,
-        Stages(GenerateImages, {"model": model}, write={"output": job.output, "fmt": "png"})), t0)
+        "generate", {k: (0, "") for k in seeds}, [], f"{settings}/{width}x{height}", [loaded.fingerprint], source,
+        Stages(GenerateImages, {"model": model, "level": level, "size": (height, width),
+                                "temperature": job.temperature}, write={"output": job.output, "fmt": "png"})), t0)
+
+
+def _interpolate(job: JobConfig, loaded: modelstore.LoadedModel, level: int, t0: float) -> JobSummary:
+    """The --interpolate sequence, decoded here (a few images) as <output>/interpolate-NN.png."""
+    ends = []
+    for uri in job.interpolate:
+        fs, path = storage.filesystem(uri, job.storage)
+        data = storage.read_files(fs, [path])[0]
+        if isinstance(data, BaseException):
+            raise FileNotFoundError(f"--interpolate {uri}: cannot be read ({type(data).__name__}: {data})")
+        try:
+            ends.append(images.decode_image(data)[0])
+        except images.ImageError as e:
+            raise ValueError(f"--interpolate {uri}: {e}") from None
+    frames = generation.interpolate(loaded, ends[0], ends[1], job.steps, level)
+    fs, root = storage.filesystem(job.output, job.storage)
+    fs.makedirs(root, exist_ok=True)
+    keys = [f"interpolate-{i:02d}.png" for i in range(len(frames))]
+    for key, frame in zip(keys, frames):
+        storage.write_bytes(fs, storage.join(root, key), images.encode_png(frame))
+    manifest = {"job": "generate", "aeflow_version": aeflow.__version__, "models": [loaded.fingerprint],
+                "interpolate": list(job.interpolate), "level": level + 1, "outputs": keys,
+                "seconds": round(time.time() - t0, 3)}
+    storage.write_bytes(fs, storage.join(root, "manifest.json"), json.dumps(manifest, indent=1).encode())
+    return JobSummary("generate", 2, 0, len(frames), 0, 0, time.time() - t0, job.output, [], manifest)

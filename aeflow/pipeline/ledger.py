@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import aeflow
 from aeflow import storage
 from aeflow.pipeline.config import JobConfig, JobFailed, JobSummary
-from aeflow.pipeline.schemas import ERRORS_SCHEMA, LATENTS_SCHEMA, PROGRESS_SCHEMA
+from aeflow.pipeline.schemas import ERRORS_SCHEMA, LATENTS_SCHEMA, LEDGER_COLUMNS, PROGRESS_SCHEMA
 
 ROWS_PER_FILE = 100_000
 
@@ -51,8 +51,9 @@ class Ledger:
         arrow_fs = storage.arrow_filesystem(self.fs)
         for part in self.parts:
             table = pq.read_table(part, filesystem=arrow_fs)
-            if not set(self.schema.names) <= set(table.column_names):
-                raise ValueError(f"{part}: written by another aeflow version (columns differ); use --overwrite")
+            if not set(LEDGER_COLUMNS) <= set(table.column_names):
+                raise ValueError(f"{part}: not an aeflow ledger (it lacks {', '.join(LEDGER_COLUMNS)}); "
+                                 "use --overwrite")
             keep = []
             for path, size, tag, sett in zip(*(table.column(c).to_pylist() for c in
                                                ("path", "source_bytes", "source_tag", "settings"))):

@@ -30,11 +30,15 @@ LATENTS_SCHEMA = pa.schema([
 ])
 ENCODED_SCHEMA = pa.schema([f for f in LATENTS_SCHEMA if f.name not in dict(LEDGER_FIELDS)])  # compress's rows
 STATUS_SCHEMA = pa.schema([  # the rows of the jobs that write images
-    ("path", pa.string()), ("output", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
+    ("path", pa.string()),
+    ("output", pa.string()),  # the output key; generate --variations: the pattern <stem>-v*.png of its files
+    ("width", pa.int32()), ("height", pa.int32()),
     ("noise_sigma", pa.float64()),  # restore: the input's noise std (0-255): --sigma or the blind estimate
+    ("seed", pa.int64()),  # generate: the sample's seed (variation v of an image: its seed + v)
 ])
 PROGRESS_SCHEMA = pa.schema([("path", pa.string()), ("output", pa.string()), ("noise_sigma", pa.float64()),
-                             *LEDGER_FIELDS])
+                             ("seed", pa.int64()), *LEDGER_FIELDS])
+LEDGER_COLUMNS = ("path", *(name for name, _ in LEDGER_FIELDS))  # what a re-run needs of an earlier run's rows
 ERRORS_SCHEMA = pa.schema([("path", pa.string()), ("stage", pa.string()), ("error", pa.string())])
 LATENTS_COLUMNS = ("path", "width", "height", "model", "bitstream", "bytes", "format_version")  # decompress needs
 

@@ -21,12 +21,14 @@ from aeflow.pipeline import schemas
 
 @dataclass
 class Pending:
-    """Pixels to write, (H, W, 3) uint8 or (H, W) uint16, and what the output keeps of its input."""
+    """Pixels to write, (H, W, 3) uint8 or (H, W) uint16, and what the output keeps of its input. `key` is
+    where it goes when that is not its row's output (one of an input's several outputs)."""
 
     pixels: np.ndarray
     alpha: np.ndarray | None = None
     icc: bytes | None = None
     exif: bytes | None = None
+    key: str | None = None
 
 
 @dataclass
@@ -122,13 +124,14 @@ def read_images(keys, *, source: str, base: str, options: storage.StorageOptions
 
 
 def write_images(batch: Batch, *, output: str, fmt: str, options: storage.StorageOptions) -> list[dict]:
-    """Encode each pending image as `fmt` and write it at its row's output key; the rows, written ones with
-    the image's size, failed writes as error rows."""
+    """Encode each pending image as `fmt` and write it at its key (its row's output key unless it has its
+    own); the rows, written ones with the image's size, failed writes as error rows."""
     fs, root = filesystem(output, options)
-    for i, out in sorted(batch.images.items()):
+    for i, pending in sorted(batch.images.items()):
         try:
-            storage.write_bytes(fs, storage.join(root, batch.rows[i]["output"]),
-                                images.encode_image(out.pixels, fmt, out.alpha, out.icc, out.exif))
+            for out in pending if isinstance(pending, list) else [pending]:
+                storage.write_bytes(fs, storage.join(root, out.key or batch.rows[i]["output"]),
+                                    images.encode_image(out.pixels, fmt, out.alpha, out.icc, out.exif))
             batch.rows[i] = {**batch.rows[i], "width": out.pixels.shape[1], "height": out.pixels.shape[0]}
         except Exception as e:
             batch.fail(i, "write", e)

@@ -1,8 +1,7 @@
 """Training: one step loop (training/loop.py) that runs inside Ray Train workers or as plain PyTorch.
 
 config.py the run's settings; start.py the model it starts from; crops.py its data; loss.py what it
-minimises; loop.py the steps; checkpoints.py resume; ray_train.py and plain.py the two ways to run it;
-prior.py the generative prior saved beside a codec.
+minimises; loop.py the steps; checkpoints.py resume; ray_train.py and plain.py the two ways to run it.
 """
 
 from __future__ import annotations
@@ -15,10 +14,9 @@ from aeflow.training.config import TASKS, TrainConfig
 from aeflow.training.crops import load_photos, random_crops
 from aeflow.training.loop import lr_at, make_optimizer, train_epoch
 from aeflow.training.loss import compute_loss
-from aeflow.training.prior import fit_prior
 from aeflow.training.start import grow_into, initial_model, new_model
 
-__all__ = ["TASKS", "TrainConfig", "compute_loss", "fit_prior", "grow_into", "initial_model", "load_photos",
+__all__ = ["TASKS", "TrainConfig", "compute_loss", "grow_into", "initial_model", "load_photos",
            "lr_at", "make_optimizer", "new_model", "random_crops", "train", "train_epoch"]
 
 
@@ -38,9 +36,6 @@ def train(cfg: TrainConfig, options: storage.StorageOptions = storage.StorageOpt
         from aeflow.training.ray_train import train_ray
 
         model, metrics = train_ray(cfg, options)
-    extra = None
-    if cfg.task in ("codec", "hyperprior"):
-        extra = fit_prior(model, load_photos(cfg.data, options), seed=cfg.seed)
     record = {"config": dataclasses.asdict(cfg), "final": metrics, "seconds": round(time.time() - t0, 1)}
-    fp = modelstore.save_model(model, cfg.out, training=record, extra=extra, options=options)
+    fp = modelstore.save_model(model, cfg.out, training=record, options=options)
     return {**metrics, "fingerprint": fp, "out": cfg.out}
