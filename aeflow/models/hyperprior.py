@@ -63,8 +63,10 @@ class ScaleHyperprior(nn.Module):
         """Scaled latents (B, M, h, w) -> continuous side information (B, N, ceil(h/4), ceil(w/4)), from
         their magnitudes (and, signed, their values: magnitudes first, so a magnitude-only h_a grows into it)."""
         h, w = y.shape[-2:]
-        x = torch.cat([y.abs(), y], dim=1) if self.signed else y.abs()
-        return self.h_a(F.pad(x, (0, -w % 4, 0, -h % 4)))
+        with torch.autocast(device_type=y.device.type, enabled=False):
+            y = y.float()
+            x = torch.cat([y.abs(), y], dim=1) if self.signed else y.abs()
+            return self.h_a(F.pad(x, (0, -w % 4, 0, -h % 4)))
 
     def bits(self, y: torch.Tensor, levels: torch.Tensor | None = None) -> torch.Tensor:
         """Training rate of scaled latents y (B, M, h, w) (continuous): bits per image, side info included.
