@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from aeflow import codec
+from aeflow.entropy_coding import tables_of
 from aeflow.images import to_tensor, to_uint8
 from aeflow.models.hyperprior import SCALES, scales_and_means
 
@@ -37,7 +38,7 @@ class Anchor:
 
 def check_level(loaded, quality: int) -> int:
     """The 0-based level for a 1-based --quality (0: the top level), which must be coded under a hyperprior."""
-    tables = codec.tables_of(loaded)
+    tables = tables_of(loaded)
     level = (quality or tables.levels) - 1
     codec.check_quality(level + 1, tables.levels)
     if level not in tables.hyper_levels:
@@ -97,7 +98,7 @@ def interpolate(loaded, a: np.ndarray, b: np.ndarray, steps: int, level: int) ->
 def sample(loaded, size: tuple[int, int], level: int, temperature: float, seed: int) -> np.ndarray:
     """An unconditional sample of size (H, W): every z symbol drawn from its own factorized prior, then each
     latent symbol from the Gaussian that z gives it (its mean plus T * sigma * eps), decoded."""
-    tables = codec.tables_of(loaded)
+    tables = tables_of(loaded)
     rng = np.random.default_rng(seed)
     stride = loaded.module.config.stride
     h, w = -(-size[0] // stride), -(-size[1] // stride)

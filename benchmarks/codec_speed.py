@@ -16,7 +16,7 @@ import numpy as np
 import skimage.data
 import torch
 
-from aeflow import codec, images, modelstore
+from aeflow import bitstream, codec, entropy_coding, images, modelstore
 
 
 def rate(fn, megapixels: float, repeat: int = 3) -> float:
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--model", default=modelstore.DEFAULT_CODEC)
     args = parser.parse_args()
     loaded = modelstore.load_model(args.model)
-    module, tables = loaded.module, codec.tables_of(loaded)
+    module, tables = loaded.module, entropy_coding.tables_of(loaded)
     tile = skimage.data.coffee()
     arr = np.ascontiguousarray(np.tile(tile, (3, 3, 1))[:1024, :1536])
     mp = arr.shape[0] * arr.shape[1] / 1e6
@@ -48,12 +48,12 @@ def main() -> None:
                 "synthesis": rate(lambda: codec.synthesise(module, y, arr.shape[:2]), mp)}
         for level in (1, codec.DEFAULT_QUALITY, tables.levels):
             q = module.quantize(y, level - 1)[0].numpy()
-            bits = codec.pack(q, level - 1, tables, loaded.fingerprint, arr.shape[1], arr.shape[0])
+            bits = bitstream.pack(q, level - 1, tables, loaded.fingerprint, arr.shape[1], arr.shape[0])
             out["coder_mpix_s_one_thread"][f"quality_{level}"] = {
                 "bpp": round(8 * len(bits) / (arr.shape[0] * arr.shape[1]), 4),
-                "pack": rate(lambda q=q, lv=level - 1: codec.pack(q, lv, tables, loaded.fingerprint, arr.shape[1],
+                "pack": rate(lambda q=q, lv=level - 1: bitstream.pack(q, lv, tables, loaded.fingerprint, arr.shape[1],
                                                                    arr.shape[0]), mp),
-                "unpack": rate(lambda bits=bits: codec.unpack(bits, tables, loaded.fingerprint), mp)}
+                "unpack": rate(lambda bits=bits: bitstream.unpack(bits, tables, loaded.fingerprint), mp)}
     print(json.dumps(out, indent=1))
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from aeflow import codec, metrics, modelstore
+from aeflow import bitstream, codec, entropy_coding, metrics, modelstore
 from tests.conftest import CODEC_PSNR_FLOOR
 
 
@@ -13,7 +13,7 @@ def model():
 
 def _symbols(model, level: int, seed: int = 0) -> np.ndarray:
     """Symbols drawn inside each channel's table, plus a few far outside it (escapes)."""
-    tables = codec.tables_of(model)
+    tables = entropy_coding.tables_of(model)
     rng = np.random.default_rng(seed)
     q = np.stack([tables.lo[level, c] + rng.integers(0, tables.prior(level, c).size - 1, (5, 7))
                   for c in range(tables.channels)])
@@ -23,11 +23,11 @@ def _symbols(model, level: int, seed: int = 0) -> np.ndarray:
 
 def test_pack_unpack_is_lossless_including_escaped_values():
     model = modelstore.load_model("codec-d7334159")  # the shipped codec with factorized tables
-    tables = codec.tables_of(model)
+    tables = entropy_coding.tables_of(model)
     for level in (0, tables.levels - 1):
         q = _symbols(model, level, seed=level)
-        bits = codec.pack(q, level, tables, model.fingerprint, 100, 70)
-        back, head = codec.unpack(bits, tables, model.fingerprint)
+        bits = bitstream.pack(q, level, tables, model.fingerprint, 100, 70)
+        back, head = bitstream.unpack(bits, tables, model.fingerprint)
         np.testing.assert_array_equal(back, q)
         assert (head["width"], head["height"], head["level"]) == (100, 70, level + 1)
         assert head["fingerprint"] == model.fingerprint and head["mode"] == "RGB"
@@ -35,26 +35,26 @@ def test_pack_unpack_is_lossless_including_escaped_values():
 
 def test_truncated_or_flipped_bitstream_is_a_clear_error(model, photos):
     bits = codec.encode_images(model, [photos["chelsea"]], quality=3)[0]
-    with pytest.raises(codec.BitstreamError, match="truncated"):
+    with pytest.raises(bitstream.BitstreamError, match="truncated"):
         codec.decode_bitstream(model, bits[:10])
-    with pytest.raises(codec.BitstreamError, match="checksum"):
+    with pytest.raises(bitstream.BitstreamError, match="checksum"):
         codec.decode_bitstream(model, bits[:-3])
     for pos in (8, 40, len(bits) // 2, len(bits) - 1):  # header field, mode, payload, last byte
         flipped = bytearray(bits)
         flipped[pos] ^= 0x04
-        with pytest.raises(codec.BitstreamError, match="checksum"):
+        with pytest.raises(bitstream.BitstreamError, match="checksum"):
             codec.decode_bitstream(model, bytes(flipped))
 
 
 def test_wrong_magic_version_and_model_refused(model, photos):
     bits = codec.encode_images(model, [photos["chelsea"]], quality=1)[0]
-    with pytest.raises(codec.BitstreamError, match="magic"):
+    with pytest.raises(bitstream.BitstreamError, match="magic"):
         codec.decode_bitstream(model, b"XXXX" + bits[4:])
-    with pytest.raises(codec.BitstreamError, match="version 9"):
+    with pytest.raises(bitstream.BitstreamError, match="version 9"):
         codec.decode_bitstream(model, bits[:4] + bytes([9]) + bits[5:])
     other = modelstore.LoadedModel(model.module, "codec", model.config, "0123456789abcdef", "other",
                                    model.extra, model.meta)
-    with pytest.raises(codec.BitstreamError, match=f"written by model {model.fingerprint}"):
+    with pytest.raises(bitstream.BitstreamError, match=f"written by model {model.fingerprint}"):
         codec.decode_bitstream(other, bits)
 
 
@@ -86,9 +86,9 @@ def test_target_bpp_picks_the_highest_level_that_fits(model, photos):
     per_level = [len(codec.encode_images(model, [arr], quality=q)[0]) for q in (1, 2, 3, 4, 5)]
     target = (8 * per_level[2] + 8 * per_level[3]) / 2 / (w * h)  # between levels 3 and 4
     bits = codec.encode_images(model, [arr], target_bpp=target)[0]
-    assert codec.read_header(bits)["level"] == 3 and len(bits) == per_level[2]
+    assert bitstream.read_header(bits)["level"] == 3 and len(bits) == per_level[2]
     tiny = codec.encode_images(model, [arr], target_bpp=0.001)[0]  # nothing fits: the smallest level
-    assert codec.read_header(tiny)["level"] == 1
+    assert bitstream.read_header(tiny)["level"] == 1
 
 
 def test_decoding_is_identical_across_runs_and_thread_counts(model, photos):

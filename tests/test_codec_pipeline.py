@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from aeflow import cli, codec, images, modelstore
+from aeflow import bitstream, cli, codec, images, modelstore
 from tests.conftest import write_photos
 
 
@@ -19,7 +19,7 @@ def test_rows_are_plain_arrow_and_decode_to_the_same_pixels_as_the_library(ray_l
     assert table.schema.field("bitstream").type == pa.binary()
     loaded = modelstore.load_model(modelstore.DEFAULT_CODEC)
     for r in table.to_pylist():
-        head = codec.read_header(r["bitstream"])
+        head = bitstream.read_header(r["bitstream"])
         assert r["bytes"] == len(r["bitstream"]) and r["quality"] == head["level"] == 2
         assert (r["model"], r["crc32"], r["mode"]) == (head["fingerprint"], head["crc32"], head["mode"])
         assert r["aeflow_version"] == head["aeflow_version"] and not r["has_alpha"]
@@ -91,7 +91,7 @@ def test_a_16_bit_input_records_its_mode(ray_local, tmp_path, photos):
     write_photos(tmp_path / "in", {"deep": gray16})
     assert cli.main(["compress", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "lat")]) == 0
     row = pq.read_table(tmp_path / "lat" / "latents-00000.parquet").to_pylist()[0]
-    assert row["mode"].startswith("I") and codec.read_header(row["bitstream"])["mode"] == row["mode"]
+    assert row["mode"].startswith("I") and bitstream.read_header(row["bitstream"])["mode"] == row["mode"]
 
 
 def test_rows_of_the_previous_codec_still_decode_exactly_and_a_retired_codec_is_named(ray_local, tmp_path, photos):

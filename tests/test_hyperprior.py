@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from aeflow import codec, images, modelstore
+from aeflow import bitstream, codec, entropy_coding, images, modelstore
 from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig
 from aeflow.models.hyperprior import scales_and_means
 from tests.conftest import write_photos
@@ -24,11 +24,11 @@ def tiny(tmp_path_factory):
 def test_top_level_is_coded_with_the_hyperprior_and_decodes_to_the_same_symbols(tiny, photos):
     arr = photos["chelsea"][:90, :130]  # not a multiple of 16 or 64: padding on both grids
     y = tiny.module.encode(images.to_tensor(arr)[None])
-    for quality, coder in ((1, codec.CODER_RANGE_FACTORIZED), (2, codec.CODER_RANGE_HYPER)):
+    for quality, coder in ((1, bitstream.CODER_RANGE_FACTORIZED), (2, bitstream.CODER_RANGE_HYPER)):
         bits = codec.encode_images(tiny, [arr], quality=quality)[0]
-        head = codec.read_header(bits)
+        head = bitstream.read_header(bits)
         assert head["coder"] == coder
-        q, _ = codec.unpack(bits, codec.tables_of(tiny), tiny.fingerprint)
+        q, _ = bitstream.unpack(bits, entropy_coding.tables_of(tiny), tiny.fingerprint)
         np.testing.assert_array_equal(q, tiny.module.quantize(y, quality - 1)[0].detach().numpy())
         assert codec.decode_bitstream(tiny, bits).rgb.shape == arr.shape
 

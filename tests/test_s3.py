@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 
-from aeflow import codec, images, modelstore, pipeline
+from aeflow import bitstream, codec, images, modelstore, pipeline
 from tests.conftest import CODEC_PSNR_FLOOR, encoded, psnr
 
 
@@ -22,7 +22,7 @@ def test_s3_compress_decompress_restore_round_trip(ray_local, s3, photos):
     rows = {r["path"]: r for r in table.to_pylist()}
     for r in rows.values():  # sizes in the table are the stored bytes, which say their own length and checksum
         assert r["bytes"] == len(r["bitstream"]) and r["bpp"] == 8 * r["bytes"] / (r["width"] * r["height"])
-        assert codec.read_header(r["bitstream"])["crc32"] == r["crc32"]
+        assert bitstream.read_header(r["bitstream"])["crc32"] == r["crc32"]
     errors = pq.read_table(s3.open("photos/latents/errors.parquet", "rb")).to_pylist()
     assert errors[0]["path"] == "corrupt.jpg" and errors[0]["stage"] == "decode"
     assert json.loads(s3.cat("photos/latents/manifest.json"))["counts"]["unaccounted"] == 0

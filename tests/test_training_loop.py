@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from aeflow import codec, modelstore
+from aeflow import bitstream, codec, entropy_coding, modelstore
 from aeflow.training import TrainConfig, make_optimizer, new_model, train, train_epoch
 from aeflow.training.loop import Ema, prepare
 from aeflow.training.start import initial_model
@@ -51,15 +51,15 @@ def test_a_codec_trained_with_a_hyperprior_codes_every_level_exactly(tmp_path, p
                                scale_min=0.5))
     loaded = modelstore.load_model(str(tmp_path / "model"))
     assert loaded.fingerprint == result["fingerprint"] and loaded.config["hyperprior_levels"] == "all"
-    tables = codec.tables_of(loaded)
+    tables = entropy_coding.tables_of(loaded)
     assert tables.hyper_levels == {0, 1, 2} and not tables.factorized
     arr = photos["coffee"][:70, :90]
     threads = torch.get_num_threads()
     try:
         for quality in (1, 2, 3):
             bits = codec.encode_images(loaded, [arr], quality=quality)[0]
-            assert codec.read_header(bits)["coder"] == codec.CODER_RANGE_HYPER
-            q, _ = codec.unpack(bits, tables, loaded.fingerprint)
+            assert bitstream.read_header(bits)["coder"] == bitstream.CODER_RANGE_HYPER
+            q, _ = bitstream.unpack(bits, tables, loaded.fingerprint)
             y = loaded.module.encode(torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255)
             np.testing.assert_array_equal(q, loaded.module.quantize(y, quality - 1)[0].detach().numpy())
             torch.set_num_threads(1)
