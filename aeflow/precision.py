@@ -1,5 +1,6 @@
 """Which float type the models' convolutions run in: bf16 only where the processor computes it natively
-(AVX512_BF16 or AMX on x86, or a GPU that has it); elsewhere bf16 is emulated and slower than fp32."""
+(AVX512_BF16 or AMX on x86, or a GPU that has it); elsewhere bf16 is emulated and slower than fp32. And
+torch.compile for long inference jobs."""
 
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ def autocast(enabled: bool, device: torch.device):
     if not enabled:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def compile_model(module: torch.nn.Module) -> None:
+    """torch.compile (inductor, shapes dynamic) a codec's transforms or a restorer, in place: fuses the
+    elementwise work (GDN's normalisation, activations) around the convolutions."""
+    if hasattr(module, "encoder"):
+        module.encoder.compile(dynamic=True)
+        module.decoder.compile(dynamic=True)
+    else:
+        module.compile(dynamic=True)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from aeflow import degrade
+from aeflow import degrade, precision
 from aeflow.models.restorer import with_noise_map
 from aeflow.tiling import tiled
 
@@ -45,14 +45,17 @@ def model_input(module: torch.nn.Module, x: torch.Tensor, sigma: float | Sequenc
 
 @torch.inference_mode()
 def restore(module: torch.nn.Module, x: torch.Tensor, sigma: float | Sequence[float] | None = None,
-            holes: torch.Tensor | None = None, tile: int = 512, strength: float = 1.0) -> torch.Tensor:
+            holes: torch.Tensor | None = None, tile: int = 512, strength: float = 1.0,
+            bf16: bool | None = None) -> torch.Tensor:
     """Restore RGB (N, 3, H, W) in [0, 1] on the model's device -> (N, 3, H, W) float32, not clamped.
 
     Images larger than `tile` run in blended tiles (bounded memory); `strength` scales the model's
     correction (output = input + strength * (restored - input)); an inpainter's output keeps every known
-    pixel. On a GPU the model runs under bf16 autocast."""
+    pixel. The network runs in bf16 where the device computes it natively (bf16=None), or as bf16 says."""
     inputs = model_input(module, x, sigma, holes)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=inputs.device.type == "cuda"):
+    if bf16 is None:
+        bf16 = precision.use_bf16("auto", inputs.device)
+    with precision.autocast(bf16, inputs.device):
         y = tiled(module, inputs, tile=tile).float()
     if strength != 1.0:  # less (or, above 1, more) of the model's correction
         y = inputs[:, :3] + strength * (y - inputs[:, :3])

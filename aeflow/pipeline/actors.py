@@ -19,6 +19,7 @@ import aeflow
 from aeflow import codec, generation, images, metrics, modelstore, restoration, storage
 from aeflow.pipeline import runtime, schemas, stages
 from aeflow.pipeline.stages import Batch, Pending
+from aeflow.precision import autocast, compile_model, use_bf16
 
 TRIM_SECONDS = 10.0  # an actor gives freed heap memory back to the OS at most this often (bound_memory)
 
@@ -33,16 +34,23 @@ class ModelActor:
     writes_images = True  # its batches end as image files (all jobs but compress)
 
     def __init__(self, *, model: str, options: storage.StorageOptions, threads: int, gpus: float,
-                 read: dict | None = None, write: dict | None = None):
+                 read: dict | None = None, write: dict | None = None, precision: str = "fp32",
+                 compile: bool = False):
         runtime.keep_freed_memory()
         self.model_lock = threading.Lock()
         self.rss_ceiling, self.last_trim = 0.0, 0.0  # set after the first batch: see bound_memory
         torch.set_num_threads(max(1, threads))
         self.device = torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
         self.options, self.read, self.write = options, read, write
-        self.loaded = modelstore.load_model(model, options) if model else None
-        if self.loaded is not None:
-            self.loaded.module.to(self.device)
+        self.bf16, self.compile = use_bf16(precision, self.device), compile
+        self.loaded = self.ready(modelstore.load_model(model, options)) if model else None
+
+    def ready(self, loaded: modelstore.LoadedModel) -> modelstore.LoadedModel:
+        """A loaded model on the actor's device, compiled where the job asked for it."""
+        loaded.module.to(self.device)
+        if self.compile:
+            compile_model(loaded.module)
+        return loaded
 
     def take(self, batch: dict[str, np.ndarray]) -> Batch:
         """The batch to work on: the keys' images read here, or the reading operator's batch."""
@@ -73,9 +81,8 @@ class ModelActor:
             self.last_trim = now
 
     def fast_math(self):
-        """bf16 autocast on a GPU for the encoder (not the decoder, whose pixels must not depend on the
-        device's precision); a no-op on the CPU."""
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+        """The model's autocast: bf16 where the job asked for it and the device computes it natively."""
+        return autocast(self.bf16, self.device)
 
 
 class EncodeImages(ModelActor):
@@ -125,7 +132,7 @@ class DecodeLatents(ModelActor):
                 raise ValueError(f"row was encoded by model {fp}, but the model given "
                                  f"({self.loaded.source}) is {self.loaded.fingerprint}; refusing to decode")
             name = modelstore.shipped_for_fingerprint(fp, self.shipped)
-            self.models[fp] = modelstore.load_model(name, self.options)
+            self.models[fp] = self.ready(modelstore.load_model(name, self.options))
         return self.models[fp]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table | dict[str, np.ndarray]:
@@ -146,7 +153,7 @@ class DecodeLatents(ModelActor):
                 work.fail(i, "model", str(e))
                 continue
             try:
-                with self.model_lock:
+                with self.model_lock, self.fast_math():  # fp32 unless --fast-decode
                     pic = codec.decode_bitstream(model, bits)
                 h, w = pic.rgb.shape[:2]
                 if (w, h) != (width, height):
@@ -199,7 +206,8 @@ class RestoreImages(ModelActor):
                 with self.model_lock:
                     y = restoration.restore(
                         self.loaded.module, x.to(self.device), [work.rows[i]["noise_sigma"] for i, _ in ready],
-                        holes.to(self.device) if holes is not None else None, self.tile, self.strength).cpu()
+                        holes.to(self.device) if holes is not None else None, self.tile, self.strength,
+                        self.bf16).cpu()
             except Exception as e:
                 for i, _ in ready:
                     work.fail(i, "model", e)

@@ -45,6 +45,16 @@ class JobConfig:
                                               "strength * (restored - input); 0.5-1.5 with --task enhance")
     sigma: float = _opt(-1.0, ("restore",), "a noise-map denoiser's noise std (0-255) of every input "
                                             "(< 0: each image's blind estimate)")
+    precision: str = _opt("auto", ("compress", "restore"), "auto: the encoder's analysis transform and the "
+                          "restorers run in bf16 where the processor computes it natively (AVX512_BF16, AMX, "
+                          "GPUs), fp32 elsewhere; fp32: always fp32 (streams decode exactly either way)",
+                          choices=("auto", "fp32"))
+    fast_decode: bool = _opt(False, ("decompress",), "run the synthesis transform in bf16 where the processor "
+                             "has it natively: faster, but the pixels differ from the fp32 decode's (on held-out "
+                             "photos by 0.07 of a level on average, at most 1 level of 255: "
+                             "benchmarks/bf16_cost.py)")
+    compile: bool = _opt(False, ("compress", "decompress", "restore"), "torch.compile the model in each actor "
+                         "(seconds to start per actor; pays on long jobs)")
     listing: str = _opt("", FROM_IMAGES, "keys under --input from a file (Parquet 'path' column, or text with one "
                                          "key a line) instead of listing the prefix; each job saves its own "
                                          "listing as <output>/_listing.parquet")

@@ -124,7 +124,8 @@ def compress(job: JobConfig) -> JobSummary:
     return run_job(job, Spec(
         "compress", found.images, found.others, f"{loaded.fingerprint}/format{codec.FORMAT_VERSION}/{rate}",
         [loaded.fingerprint], _keys(job.batch_size),
-        Stages(EncodeImages, {"model": model, "quality": job.quality, "target_bpp": job.target_bpp},
+        Stages(EncodeImages, {"model": model, "quality": job.quality, "target_bpp": job.target_bpp,
+                              "precision": job.precision, "compile": job.compile},
                read={"source": job.input, "base": found.base})), t0)
 
 
@@ -176,7 +177,8 @@ def decompress(job: JobConfig) -> JobSummary:
     ext = stages.output_ext(job.format)
     return run_job(job, Spec(
         "decompress", identity, [], f"{job.model or 'by-fingerprint'}/{job.format}", sorted(set(models)), source,
-        Stages(DecodeLatents, {"model": job.model, "out_ext": ext, "taken": stages.collisions(keys, ext)},
+        Stages(DecodeLatents, {"model": job.model, "out_ext": ext, "taken": stages.collisions(keys, ext),
+                               "precision": "auto" if job.fast_decode else "fp32", "compile": job.compile},
                write={"output": job.output, "fmt": job.format})), t0)
 
 
@@ -198,7 +200,8 @@ def restore(job: JobConfig) -> JobSummary:
     return run_job(job, Spec(
         "restore", found.images, found.others, f"{loaded.fingerprint}/{job.format}/s{job.strength:g}{forced}",
         [loaded.fingerprint], _keys(job.batch_size),
-        Stages(RestoreImages, {"model": model, "tile": job.tile, "strength": job.strength, "sigma": job.sigma},
+        Stages(RestoreImages, {"model": model, "tile": job.tile, "strength": job.strength, "sigma": job.sigma,
+                               "precision": job.precision, "compile": job.compile},
                read={"source": job.input, "base": found.base, "out_ext": ext,
                      "taken": stages.collisions(list(found.images), ext)},
                write={"output": job.output, "fmt": job.format})), t0)
