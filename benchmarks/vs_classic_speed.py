@@ -101,7 +101,7 @@ def table(result: dict) -> str:
              f"{result['denoise_photos']} ({result['denoise_megapixels']:.2f} MP) with sigma-25 noise for denoising.",
              "", "| aeflow command | aeflow MP/s | classical tool | its MP/s | ratio |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| `{r['aeflow']}` | {r['aeflow_mp_s']:.2f} | {r['classic']} | {r['classic_mp_s']:.2f} | "
+        lines.append(f"| `{r['aeflow']}` | {r['aeflow_mp_s']:.3f} | {r['classic']} | {r['classic_mp_s']:.3f} | "
                      f"**{r['ratio']:.2f}x** |")
     return "\n".join(lines)
 
