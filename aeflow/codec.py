@@ -13,6 +13,7 @@ import torch
 from aeflow.bitstream import FORMAT_VERSION, BitstreamError, alpha_and_icc, pack, read_header, unpack
 from aeflow.entropy_coding import tables_of
 from aeflow.images import to_tensor, to_uint8
+from aeflow.metrics import psnr
 from aeflow.models.layers import pad_to_multiple
 from aeflow.tiling import images_per_call
 
@@ -81,9 +82,11 @@ def synthesise(module: torch.nn.Module, y: torch.Tensor, size: tuple[int, int]) 
 
 @torch.inference_mode()
 def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALITY, target_bpp: float = 0.0,
-                  modes: list[str] | None = None, alphas: list | None = None, iccs: list | None = None) -> list[bytes]:
-    """Same-size uint8 HxWx3 images -> one bitstream each, at `quality` (1-based level) or, with
-    target_bpp, at the highest level whose stored size is at most target_bpp (the lowest otherwise)."""
+                  modes: list[str] | None = None, alphas: list | None = None, iccs: list | None = None,
+                  target_psnr: float = 0.0) -> list[bytes]:
+    """Same-size uint8 HxWx3 images -> one bitstream each, at `quality` (1-based level); with target_bpp, at
+    the highest level whose stored size is at most target_bpp (the lowest otherwise); with target_psnr, at the
+    lowest level whose decoded PSNR (dB, 8-bit RGB) reaches it (the top level otherwise)."""
     module, tables = loaded.module, tables_of(loaded)
     device = next(module.parameters()).device
     h, w = arrays[0].shape[:2]
@@ -101,9 +104,21 @@ def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALI
             z = torch.round(module.hyper.side(y[i:i + 1] * module._gain(module.log_gain, level)))[0].cpu().numpy()
         return pack(q, level, tables, loaded.fingerprint, w, h, modes[i], alphas[i], iccs[i], z)
 
+    def decoded_psnr(i: int, level: int) -> float:
+        """The PSNR of level `level`'s decode of image i, by decode_bitstream's own arithmetic (fp32)."""
+        with torch.autocast(device_type=device.type, enabled=False):
+            x = synthesise(module, module.dequantize(module.quantize(y[i:i + 1], level), level), (h, w))
+        return psnr(arrays[i], to_uint8(x[0].cpu()))
+
     out = []
     for i in range(n):
-        if target_bpp > 0:
+        if target_psnr > 0:
+            lo, hi = 0, tables.levels - 1
+            while lo < hi:  # PSNR grows with the level: binary search for the first level that reaches it
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if decoded_psnr(i, mid) >= target_psnr else (mid + 1, hi)
+            out.append(stream(i, lo))
+        elif target_bpp > 0:
             lo, hi, best = 0, tables.levels - 1, None
             while lo <= hi:  # bits grow with the level: binary search for the last level that fits
                 mid = (lo + hi) // 2

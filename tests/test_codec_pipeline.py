@@ -4,9 +4,11 @@ pixels, quality levels and rate control, alpha and ICC, damaged rows."""
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from PIL import Image
 
-from aeflow import bitstream, cli, codec, images, modelstore
+from aeflow import bitstream, cli, codec, images, modelstore, precision
+from aeflow.metrics import psnr
 from tests.conftest import write_photos
 
 
@@ -48,6 +50,32 @@ def test_quality_and_target_bpp_choose_the_level(ray_local, tmp_path, photos):
     row = pq.read_table(tmp_path / "t" / "latents-00000.parquet").to_pylist()[0]
     assert row["bpp"] <= target and 1 <= row["quality"] < 5
     assert cli.main(["compress", "--input", str(src), "--output", str(tmp_path / "bad"), "--quality", "0"]) == 2
+
+
+def test_target_psnr_picks_the_lowest_level_that_reaches_it_and_records_what_it_reached(ray_local, tmp_path, photos):
+    src = write_photos(tmp_path / "in", {"coffee": photos["coffee"], "cat": photos["chelsea"]})
+    target = 31.0
+    args = ["compress", "--input", str(src), "--output", str(tmp_path / "p"), "--target-psnr", str(target)]
+    assert cli.main(args) == 0
+    loaded = modelstore.load_model(modelstore.DEFAULT_CODEC)
+    rows = pq.read_table(tmp_path / "p" / "latents-00000.parquet").to_pylist()
+    assert len(rows) == 2
+    for r in rows:
+        photo = photos["coffee" if r["path"] == "coffee.png" else "chelsea"]
+        assert r["psnr"] == psnr(photo, codec.decode_bitstream(loaded, r["bitstream"]).rgb)  # its own decode
+        if r["target_psnr_reached"]:
+            assert r["psnr"] >= target
+            if r["quality"] > 1:  # the level below falls short (encoded as the job encodes: bf16 where native)
+                cpu = torch.device("cpu")
+                with precision.autocast(precision.use_bf16("auto", cpu), cpu):
+                    lower = codec.encode_images(loaded, [photo], r["quality"] - 1)[0]
+                assert psnr(photo, codec.decode_bitstream(loaded, lower).rgb) < target
+        else:
+            assert r["psnr"] < target and r["quality"] == codec.tables_of(loaded).levels
+    args = ["compress", "--input", str(src), "--output", str(tmp_path / "high"), "--target-psnr", "60"]
+    assert cli.main(args) == 0  # out of reach: the top level, and the rows say so
+    rows = pq.read_table(tmp_path / "high" / "latents-00000.parquet").to_pylist()
+    assert all(r["quality"] == codec.tables_of(loaded).levels and not r["target_psnr_reached"] for r in rows)
 
 
 def test_alpha_and_icc_profile_survive_compress_and_decompress(ray_local, tmp_path, photos):

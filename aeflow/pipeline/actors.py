@@ -90,9 +90,9 @@ class EncodeImages(ModelActor):
 
     writes_images = False
 
-    def __init__(self, *, quality: int, target_bpp: float, **actor):
+    def __init__(self, *, quality: int, target_bpp: float, target_psnr: float = 0.0, **actor):
         super().__init__(**actor)
-        self.quality, self.target_bpp = quality, target_bpp
+        self.quality, self.target_bpp, self.target_psnr = quality, target_bpp, target_psnr
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         work = self.take(batch)
@@ -103,7 +103,8 @@ class EncodeImages(ModelActor):
                 with self.model_lock, self.fast_math():
                     streams = codec.encode_images(
                         self.loaded, [p.rgb for p in pics], self.quality, self.target_bpp,
-                        modes=[p.mode for p in pics], alphas=[p.alpha for p in pics], iccs=[p.icc for p in pics])
+                        modes=[p.mode for p in pics], alphas=[p.alpha for p in pics], iccs=[p.icc for p in pics],
+                        target_psnr=self.target_psnr)
             except Exception as e:  # a model failure loses only this group's images, as error rows
                 for i, _ in group:
                     work.fail(i, "model", e)
@@ -114,6 +115,10 @@ class EncodeImages(ModelActor):
                 work.rows[i].update(model=fp, quality=head["level"], format_version=codec.FORMAT_VERSION,
                                     aeflow_version=aeflow.__version__, crc32=head["crc32"],
                                     bitstream=bits, bytes=len(bits), bpp=8.0 * len(bits) / (w * h))
+                if self.target_psnr > 0:  # what the level chosen reaches, measured on the stream's own decode
+                    with self.model_lock:
+                        reached = metrics.psnr(pic.rgb, codec.decode_bitstream(self.loaded, bits).rgb)
+                    work.rows[i].update(psnr=reached, target_psnr_reached=reached >= self.target_psnr)
         return self.finish(work, schemas.ENCODED_SCHEMA)
 
 

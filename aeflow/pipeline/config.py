@@ -40,6 +40,9 @@ class JobConfig:
                         "whose latents and hyperprior it samples)")
     target_bpp: float = _opt(0.0, ("compress",), "per image, the highest level whose stored size is at most this "
                                                  "many bits per pixel (overrides --quality)")
+    target_psnr: float = _opt(0.0, ("compress",), "per image, the lowest level whose decoded PSNR (dB, 8-bit RGB) "
+                                                  "reaches this, or the top level (overrides --quality and "
+                                                  "--target-bpp); the rows record the PSNR reached")
     tile: int = _opt(512, ("restore",), "images larger than this run in overlapping tiles (bounded memory)")
     strength: float = _opt(1.0, ("restore",), "how much of the model's correction to apply: output = input + "
                                               "strength * (restored - input); 0.5-1.5 with --task enhance")

@@ -118,13 +118,15 @@ def compress(job: JobConfig) -> JobSummary:
     found = _list_images(job)
     model = job.model or modelstore.DEFAULT_CODEC
     loaded = _load(model, job, "codec", "compress needs a codec")
-    if job.target_bpp <= 0:
+    if job.target_bpp <= 0 and job.target_psnr <= 0:
         codec.check_quality(job.quality, len(loaded.config["lambdas"]))
-    rate = f"bpp{job.target_bpp:g}" if job.target_bpp > 0 else f"q{job.quality}"
+    rate = (f"psnr{job.target_psnr:g}" if job.target_psnr > 0 else
+            f"bpp{job.target_bpp:g}" if job.target_bpp > 0 else f"q{job.quality}")
     return run_job(job, Spec(
         "compress", found.images, found.others, f"{loaded.fingerprint}/format{codec.FORMAT_VERSION}/{rate}",
         [loaded.fingerprint], _keys(job.batch_size),
         Stages(EncodeImages, {"model": model, "quality": job.quality, "target_bpp": job.target_bpp,
+                              "target_psnr": job.target_psnr,
                               "precision": job.precision, "compile": job.compile},
                read={"source": job.input, "base": found.base})), t0)
 

@@ -26,6 +26,8 @@ LATENTS_SCHEMA = pa.schema([
     ("bitstream", pa.binary()),  # header + payload: every byte needed to rebuild the image
     ("bytes", pa.int64()),
     ("bpp", pa.float64()),  # 8 * bytes / (width * height)
+    ("psnr", pa.float64()),  # with --target-psnr: the PSNR (dB, 8-bit RGB) of the row's decode
+    ("target_psnr_reached", pa.bool_()),  # with --target-psnr: false where even the top level falls short
     *LEDGER_FIELDS,
 ])
 ENCODED_SCHEMA = pa.schema([f for f in LATENTS_SCHEMA if f.name not in dict(LEDGER_FIELDS)])  # compress's rows
