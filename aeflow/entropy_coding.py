@@ -190,9 +190,9 @@ def encode_hyper(q: np.ndarray, z: np.ndarray, level: int, tables: Tables) -> tu
     for ch in range(z.shape[0]):
         writer.put(z[ch].ravel(), tables.side(level, ch))
     index, mean = scales_and_means(tables.extra, z, q.shape[1:])
-    residual = q - mean
-    for k in np.unique(index).tolist():
-        writer.put(residual[index == k], tables.gaussian(k))
+    residual = (q - mean).ravel()
+    for k, where in _by_table(index):
+        writer.put(residual[where], tables.gaussian(k))
     return writer.finish()
 
 
@@ -208,9 +208,18 @@ def decode_hyper(words: bytes, escapes: bytes, shape: tuple[int, int, int], leve
     for ch in range(zc):
         z[ch] = reader.get(zh * zw, tables.side(level, ch))
     index, mean = scales_and_means(tables.extra, z.reshape(zc, zh, zw), (h, w))
-    q = np.empty((c, h, w), np.int64)
-    for k in np.unique(index).tolist():
-        where = index == k
-        q[where] = reader.get(int(where.sum()), tables.gaussian(k)) + mean[where]
+    q, mean = np.empty(c * h * w, np.int64), mean.ravel()
+    for k, where in _by_table(index):
+        q[where] = reader.get(len(where), tables.gaussian(k)) + mean[where]
     reader.finish()
-    return q
+    return q.reshape(c, h, w)
+
+
+def _by_table(index: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """The symbols' flat positions grouped by Gaussian table, tables in increasing order and positions in
+    raster order within each: one stable sort instead of a pass over every symbol per table."""
+    flat = index.ravel()
+    order = np.argsort(flat, kind="stable")
+    tables, starts = np.unique(flat[order], return_index=True)
+    ends = np.append(starts[1:], len(order))
+    return [(int(k), order[a:b]) for k, a, b in zip(tables, starts, ends)]
