@@ -5,11 +5,11 @@ from aeflow import images, metrics, modelstore, restoration
 
 
 def _restore(model, arr, tile=None):
-    """The shipped denoiser told sigma 25: as the restore actor runs it, or with tile=None the model called
-    once on the whole image (in the layout tiled() runs it in)."""
+    """The shipped denoiser told sigma 25: as the restore actor runs it (in fp32 here: this is about tiles, not
+    precision), or with tile=None the model called once on the whole image (in the layout tiled() runs it in)."""
     x = images.to_tensor(arr)[None]
     if tile is not None:
-        return images.to_uint8(restoration.restore(model, x, 25.0, tile=tile)[0])
+        return images.to_uint8(restoration.restore(model, x, 25.0, tile=tile, bf16=False)[0])
     with torch.inference_mode():
         y = model(restoration.model_input(model, x, 25.0).contiguous(memory_format=torch.channels_last))
     return images.to_uint8(y[0])
