@@ -166,3 +166,20 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     from aeflow.metrics import psnr as _psnr
 
     return _psnr(a, b)
+
+
+@pytest.fixture(scope="session")
+def tiny_codec(tmp_path_factory):
+    """A small random codec with two levels, factorized priors at the first and a hyperprior at the top one
+    (the layout of older releases), saved and loaded as shipped."""
+    import torch
+
+    from aeflow import modelstore
+    from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder(ConvAutoencoderConfig(channels=8, latent_channels=8, lambdas=(0.01, 0.05),
+                                                  hyperprior=True))
+    folder = str(tmp_path_factory.mktemp("tiny-codec") / "codec")
+    modelstore.save_model(model, folder)
+    return modelstore.load_model(folder)

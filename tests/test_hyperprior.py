@@ -11,14 +11,8 @@ from tests.conftest import write_photos
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A small random codec with two levels, the top one under a hyperprior, saved and loaded as shipped."""
-    torch.manual_seed(0)
-    model = ConvAutoencoder(ConvAutoencoderConfig(channels=8, latent_channels=8, lambdas=(0.01, 0.05),
-                                                  hyperprior=True))
-    folder = str(tmp_path_factory.mktemp("hyper") / "codec")
-    modelstore.save_model(model, folder)
-    return modelstore.load_model(folder)
+def tiny(tiny_codec):
+    return tiny_codec
 
 
 def test_top_level_is_coded_with_the_hyperprior_and_decodes_to_the_same_symbols(tiny, photos):
