@@ -19,7 +19,8 @@ from aeflow.tiling import images_per_call
 
 # with the format's and the tables' names that aeflow.pipeline and benchmarks/bf16_cost.py reach through codec
 __all__ = ["DEFAULT_QUALITY", "FORMAT_VERSION", "BitstreamError", "Decoded", "analyse", "check_quality",
-           "decode_bitstream", "encode_images", "read_header", "synthesise", "tables_of"]
+           "decode_bitstream", "decode_symbols", "encode_images", "read_header", "symbols", "synthesise",
+           "tables_of"]
 
 DEFAULT_QUALITY = 3
 TILE = 512  # pixels per tile side for images larger than TILE + 2 * MARGIN: bounded memory
@@ -78,6 +79,23 @@ def synthesise(module: torch.nn.Module, y: torch.Tensor, size: tuple[int, int]) 
     return x[..., : size[0], : size[1]]
 
 
+def symbols(module: torch.nn.Module, y: torch.Tensor, level: int,
+            side: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Latents (1, M, h, w) -> level `level`'s (0-based) symbols (M, h, w) and, with side, the hyperprior's
+    side information z from the same scaled latents."""
+    scaled = y * module._gain(module.log_gain, level)
+    q = torch.round(scaled)[0].cpu().numpy()
+    z = torch.round(module.hyper.side(scaled))[0].cpu().numpy() if side else None
+    return q, z
+
+
+def decode_symbols(module: torch.nn.Module, q: torch.Tensor, level: int, size: tuple[int, int]) -> np.ndarray:
+    """Symbols (M, h, w) of level `level`, integer or not -> (H, W, 3) uint8 pixels: the decoder's path."""
+    device = next(module.parameters()).device
+    y = module.dequantize(q.float()[None].to(device), level)
+    return to_uint8(synthesise(module, y, size)[0].cpu())
+
+
 # --- the public entry points --------------------------------------------------------------------
 
 @torch.inference_mode()
@@ -98,17 +116,14 @@ def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALI
     modes, alphas, iccs = modes or ["RGB"] * n, alphas or [None] * n, iccs or [None] * n
 
     def stream(i: int, level: int) -> bytes:
-        q = module.quantize(y[i:i + 1], level)[0].cpu().numpy()
-        z = None
-        if level in tables.hyper_levels:  # side information from the scaled latents
-            z = torch.round(module.hyper.side(y[i:i + 1] * module._gain(module.log_gain, level)))[0].cpu().numpy()
+        q, z = symbols(module, y[i:i + 1], level, side=level in tables.hyper_levels)
         return pack(q, level, tables, loaded.fingerprint, w, h, modes[i], alphas[i], iccs[i], z)
 
     def decoded_psnr(i: int, level: int) -> float:
         """The PSNR of level `level`'s decode of image i, by decode_bitstream's own arithmetic (fp32)."""
         with torch.autocast(device_type=device.type, enabled=False):
-            x = synthesise(module, module.dequantize(module.quantize(y[i:i + 1], level), level), (h, w))
-        return psnr(arrays[i], to_uint8(x[0].cpu()))
+            q, _ = symbols(module, y[i:i + 1], level, side=False)
+            return psnr(arrays[i], decode_symbols(module, torch.from_numpy(q), level, (h, w)))
 
     out = []
     for i in range(n):
@@ -143,10 +158,6 @@ def check_quality(quality: int, levels: int) -> int:
 def decode_bitstream(loaded, data: bytes) -> Decoded:
     """Bitstream -> pixels (and alpha, ICC) with the model that wrote it; raises BitstreamError."""
     q, head = unpack(data, tables_of(loaded), loaded.fingerprint)
-    module = loaded.module
-    device = next(module.parameters()).device
-    level = head["level"] - 1
-    y = module.dequantize(torch.from_numpy(q).float()[None].to(device), level)
-    rgb = to_uint8(synthesise(module, y, (head["height"], head["width"]))[0].cpu())
+    rgb = decode_symbols(loaded.module, torch.from_numpy(q), head["level"] - 1, (head["height"], head["width"]))
     alpha, icc = alpha_and_icc(head)
     return Decoded(rgb, alpha, icc, head["mode"], head["level"])

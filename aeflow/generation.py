@@ -19,7 +19,7 @@ from PIL import Image
 
 from aeflow import codec
 from aeflow.entropy_coding import tables_of
-from aeflow.images import to_tensor, to_uint8
+from aeflow.images import to_tensor
 from aeflow.models.hyperprior import SCALES, scales_and_means
 
 Z_STRIDE = 4  # z's grid is 4x coarser than the latents'
@@ -59,30 +59,19 @@ def anchor(loaded, rgb: np.ndarray, level: int) -> Anchor:
     """An (H, W, 3) uint8 image -> its symbols and scales at `level` (the encoder's own arithmetic)."""
     module = loaded.module
     device = next(module.parameters()).device
-    y = codec.analyse(module, to_tensor(rgb, device)[None]).float()
-    scaled = y * module._gain(module.log_gain, level)
-    q = torch.round(scaled)[0].cpu()
-    z = torch.round(module.hyper.side(scaled))[0].cpu().numpy().astype(np.int64)
-    index, _ = scales_and_means(loaded.extra, z, tuple(q.shape[-2:]))
-    sigma = torch.from_numpy(SCALES[index]).float()
-    return Anchor(q, sigma, level, rgb.shape[:2])
+    q, z = codec.symbols(module, codec.analyse(module, to_tensor(rgb, device)[None]).float(), level, side=True)
+    index, _ = scales_and_means(loaded.extra, z.astype(np.int64), q.shape[-2:])
+    return Anchor(torch.from_numpy(q), torch.from_numpy(SCALES[index]).float(), level, rgb.shape[:2])
 
 
 @torch.inference_mode()
-def decode_symbols(loaded, q: torch.Tensor, level: int, size: tuple[int, int]) -> np.ndarray:
-    """Symbols (M, h, w), integer or not -> (H, W, 3) uint8 pixels, by the decoder's own path."""
-    module = loaded.module
-    device = next(module.parameters()).device
-    y = module.dequantize(q.float()[None].to(device), level)
-    return to_uint8(codec.synthesise(module, y, size)[0].cpu())
-
-
 def variation(loaded, a: Anchor, temperature: float, seed: int) -> np.ndarray:
     """One variation of an anchored image: q + T * sigma(z) * eps, decoded."""
     eps = torch.randn(a.q.shape, generator=torch.Generator().manual_seed(seed))
-    return decode_symbols(loaded, a.q + temperature * a.sigma * eps, a.level, a.size)
+    return codec.decode_symbols(loaded.module, a.q + temperature * a.sigma * eps, a.level, a.size)
 
 
+@torch.inference_mode()
 def interpolate(loaded, a: np.ndarray, b: np.ndarray, steps: int, level: int) -> list[np.ndarray]:
     """`steps` images along the straight line from a's symbols to b's (b resized to a's size first), both
     ends included."""
@@ -91,10 +80,11 @@ def interpolate(loaded, a: np.ndarray, b: np.ndarray, steps: int, level: int) ->
     if b.shape != a.shape:
         b = np.asarray(Image.fromarray(b).resize((a.shape[1], a.shape[0]), Image.LANCZOS))
     qa, qb = anchor(loaded, a, level).q, anchor(loaded, b, level).q
-    return [decode_symbols(loaded, (1 - t) * qa + t * qb, level, a.shape[:2])
+    return [codec.decode_symbols(loaded.module, (1 - t) * qa + t * qb, level, a.shape[:2])
             for t in np.linspace(0.0, 1.0, steps).tolist()]
 
 
+@torch.inference_mode()
 def sample(loaded, size: tuple[int, int], level: int, temperature: float, seed: int) -> np.ndarray:
     """An unconditional sample of size (H, W): every z symbol drawn from its own factorized prior, then each
     latent symbol from the Gaussian that z gives it (its mean plus T * sigma * eps), decoded."""
@@ -111,4 +101,4 @@ def sample(loaded, size: tuple[int, int], level: int, temperature: float, seed: 
     index, mean = scales_and_means(loaded.extra, z, (h, w))
     eps = torch.from_numpy(rng.standard_normal(mean.shape)).float()
     q = torch.from_numpy(mean).float() + temperature * torch.from_numpy(SCALES[index]).float() * eps
-    return decode_symbols(loaded, q, level, size)
+    return codec.decode_symbols(loaded.module, q, level, size)
