@@ -2,8 +2,8 @@
 - the codec's analysis (compress): bytes and PSNR at every level against fp32 analysis, both decoded in fp32;
 - the codec's synthesis (decompress --fast-decode): mean and max pixel difference from the fp32 decode;
 - the restorers (denoise at sigma 15/25/50, deblock at JPEG q20, deblur at 2 px): PSNR against fp32;
-and each path's model-only seconds per megapixel in both precisions (all threads). Prints JSON; the defaults
-in aeflow.precision follow from it.
+and the restorers' seconds per megapixel in both precisions (all threads; the codec's transforms are timed
+per stage by codec_speed.py). Prints JSON; the defaults in aeflow.precision follow from it.
 Usage: python benchmarks/bf16_cost.py
 """
 
@@ -62,21 +62,6 @@ def codec_cost(loaded, photos: dict[str, np.ndarray]) -> dict:
                            "levels": [1, codec.DEFAULT_QUALITY, levels]}}
 
 
-def codec_speed(loaded, arr: np.ndarray) -> dict:
-    module = loaded.module
-    x = images.to_tensor(arr)[None]
-    mp = arr.shape[0] * arr.shape[1] / 1e6
-    out = {}
-    with torch.inference_mode():
-        for bf16 in (False, True):
-            with precision.autocast(bf16, CPU):
-                y, t_a = timed(lambda: codec.analyse(module, x))
-                _, t_s = timed(lambda y=y: codec.synthesise(module, y.float(), arr.shape[:2]))
-            out["bf16" if bf16 else "fp32"] = {"analysis_s_per_mp": round(t_a / mp, 4),
-                                               "synthesis_s_per_mp": round(t_s / mp, 4)}
-    return out
-
-
 def restore_cost(photos: dict[str, np.ndarray]) -> dict:
     out = {}
     for task, level in RESTORE:
@@ -104,12 +89,10 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     photos = {**demo_photos(), "motorcycle_left": skimage.data.stereo_motorcycle()[0]}
     loaded = modelstore.load_model(modelstore.DEFAULT_CODEC)
-    speed_photo = np.ascontiguousarray(np.tile(skimage.data.coffee(), (2, 2, 1))[:768, :1024])
     print(json.dumps({
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, native bf16: {precision.cpu_has_native_bf16()}",
         "codec": loaded.fingerprint, "photos": list(photos),
         **codec_cost(loaded, photos),
-        "codec_speed_1024x768": codec_speed(loaded, speed_photo),
         "restorers": restore_cost(photos)}, indent=1))
 
 

@@ -37,7 +37,8 @@ LAYERS = (("s0", True), ("s2", True), ("s4", False))  # h_s layers (name, transp
 
 
 class ScaleHyperprior(nn.Module):
-    """h_a: |latents| -> z (1/4 size); h_s: z -> per latent, a scale index (in index units) and a mean."""
+    """h_a: |latents| (and, signed, the latents) -> z (1/4 size); h_s: z -> per latent, a scale index (in index
+    units) and a mean."""
 
     def __init__(self, latent_channels: int, channels: int = 64, levels: int = 1, signed: bool = False):
         super().__init__()
