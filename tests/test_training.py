@@ -71,6 +71,68 @@ def test_init_from_a_narrower_codec_grows_it_without_changing_its_output(tmp_pat
         torch.testing.assert_close(grown.decode(grown.encode(x)), small.decode(small.encode(x)))
 
 
+def test_a_wider_codec_grown_from_a_narrow_one_codes_the_same_pictures_at_first(tmp_path, photos):
+    """--channels above the --init codec's (the width a campaign may move to): the added hidden channels
+    start with zero weight into the old ones, so latents, side information and pixels are the old model's."""
+    import torch
+
+    from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig
+    from aeflow.training import initial_model
+
+    torch.manual_seed(0)
+    narrow = ConvAutoencoder(ConvAutoencoderConfig(channels=8, latent_channels=6, lambdas=(0.01, 0.05),
+                                                   hyperprior=True, hyperprior_levels="all", hyperprior_signed=True))
+    modelstore.save_model(narrow, str(tmp_path / "narrow"))
+    narrow = modelstore.load_model(str(tmp_path / "narrow")).module
+    wide = initial_model(TrainConfig(task="codec", init=str(tmp_path / "narrow"), channels=12, latent_channels=6,
+                                     lmbda=(0.01, 0.05)))
+    assert wide.config.channels == 12 and wide.encoder[0].weight.shape[0] == 12
+    assert wide.encoder[2].weight[8:].abs().sum() > 0  # the added channels are not dead: they have inputs
+    x = images.to_tensor(photos["chelsea"])[None]
+    with torch.no_grad():
+        y_wide, y_narrow = wide.encode(x), narrow.encode(x)
+        torch.testing.assert_close(y_wide, y_narrow)
+        torch.testing.assert_close(wide.decode(y_wide), narrow.decode(y_narrow))
+        for level in (0, 1):
+            q = wide.quantize(y_wide, level)
+            torch.testing.assert_close(wide.hyper.side(q), narrow.hyper.side(q))
+
+
+def test_new_quality_levels_start_between_the_old_ones_and_keep_the_matching_levels(tmp_path, photos):
+    """--lmbda with a wider range than the --init codec's: a level whose lambda the codec has codes the same
+    symbols at the same rate as before; one between two old levels quantizes between them, one beyond the
+    ends beyond them."""
+    import torch
+
+    from aeflow.models import ConvAutoencoder, ConvAutoencoderConfig
+    from aeflow.training import initial_model
+
+    torch.manual_seed(0)
+    old = ConvAutoencoder(ConvAutoencoderConfig(channels=8, latent_channels=6, lambdas=(0.01, 0.04),
+                                                hyperprior=True, hyperprior_levels="all", hyperprior_signed=True))
+    with torch.no_grad():
+        old.log_gain[1] += 1.0  # two levels far apart, as trained ones are
+    modelstore.save_model(old, str(tmp_path / "old"))
+    old = modelstore.load_model(str(tmp_path / "old")).module
+    new = initial_model(TrainConfig(task="codec", init=str(tmp_path / "old"), channels=8, latent_channels=6,
+                                    lmbda=(0.005, 0.01, 0.02, 0.04, 0.08)))
+    assert new.levels == 5
+    x = images.to_tensor(photos["chelsea"])[None]
+    with torch.no_grad():
+        y = new.encode(x)
+        torch.testing.assert_close(new.quantize(y, 1), old.quantize(y, 0))
+        torch.testing.assert_close(new.quantize(y, 3), old.quantize(y, 1))
+        for level, before in ((1, 0), (3, 1)):
+            q = new.quantize(y, level)
+            bits = []
+            for model, index in ((new, level), (old, before)):
+                torch.manual_seed(1)  # the same noisy stand-ins for rounding
+                bits.append(model.hyper.bits(q, torch.tensor([index])))
+            torch.testing.assert_close(*bits)
+    steps = new.log_gain.mean(dim=1).tolist()  # finer quantization steps level by level, none repeated
+    assert steps == sorted(steps) and len(set(steps)) == 5, steps
+
+
 def test_a_blind_denoiser_grows_a_noise_map_input_without_changing_its_output(tmp_path, photos):
     """--noise-map --init <blind denoiser>: the new sigma channel starts with zero weights, so training
     begins at the blind model's pixels, whatever sigma it is told; after growth the input has 4 channels."""

@@ -1,8 +1,10 @@
 """The model a run starts from: fresh, the --init model as it is, or the --init model grown into the
-run's shape (more latent channels or levels, a noise-map input, a hyperprior at every level)."""
+run's shape (wider layers, more latent channels or levels, a noise-map input, a hyperprior at every level)."""
 
 from __future__ import annotations
 
+import numpy as np
+import numpy as np
 import torch
 
 from aeflow import degrade, modelstore
@@ -26,9 +28,9 @@ def new_model(cfg: TrainConfig) -> torch.nn.Module:
 
 
 def initial_model(cfg: TrainConfig) -> torch.nn.Module:
-    """A fresh model, or the --init model. A codec whose latent channels, levels or entropy model differ
-    from the flags is grown into the new shape: matching weights are copied, added latent channels start
-    with zero decoder weights, so the grown model first reproduces the old one's pixels."""
+    """A fresh model, or the --init model. A codec whose width, latent channels, levels or entropy model
+    differ from the flags is grown into the new shape: matching weights are copied and every added channel
+    starts with zero weight into the old ones, so the grown model first reproduces the old one's pixels."""
     if not cfg.init:
         return new_model(cfg)
     config, state = modelstore.load_state(cfg.init)
@@ -49,8 +51,11 @@ def initial_model(cfg: TrainConfig) -> torch.nn.Module:
     if same:
         saved.load_state_dict(state)
         return saved
-    if cfg.task == "codec" and model.hyper is not None and model.hyper.z_levels > 1:
+    if cfg.task == "codec" and model.hyper is not None and model.hyper.z_levels > 1 and (
+            saved.hyper is None or saved.hyper.z_levels == 1):
         state = hyperprior_for_every_level(state, model.hyper.z_levels)
+    elif cfg.task == "codec" and saved.config.lambdas != model.config.lambdas:
+        state = levels_by_lambda(state, saved.config.lambdas, model.config.lambdas)
     grow_into(model, state)  # e.g. inpainting's mask or a noise map as an extra channel on a denoiser's weights
     return model
 
@@ -66,20 +71,50 @@ def hyperprior_for_every_level(state: dict[str, torch.Tensor], levels: int) -> d
     return out
 
 
-# First layers whose added inputs start at zero weight: a codec's added latent channels, a restorer's added
-# input planes, the signed latents beside the magnitudes in a hyperprior's analysis.
-GROWN_INPUTS = ("decoder.0.weight", "head.0.weight", "hyper.h_a.0.weight")
+def levels_by_lambda(state: dict[str, torch.Tensor], old: tuple[float, ...],
+                     new: tuple[float, ...]) -> dict[str, torch.Tensor]:
+    """A codec's per-level weights moved to a new set of lambdas (a wider or denser range of quality levels):
+    a level whose lambda the old codec has keeps that level's weights; another starts with log-gains
+    interpolated (or extrapolated) in log-lambda between its neighbours and the entropy model of the
+    nearest one, so it codes at a rate between theirs from the first step."""
+    x_old, x_new = np.log(old), np.log(new)
+    nearest = [int(np.argmin(np.abs(x_old - x))) for x in x_new]
+    out = {k: v for k, v in state.items() if not k.startswith("priors.")}
+    for name in ("log_gain", "log_inv_gain"):
+        rows = state[name].double().numpy()
+        if len(old) == 1:
+            out[name] = torch.from_numpy(rows[[0] * len(new)]).float()
+            continue
+        below = np.clip(np.searchsorted(x_old, x_new) - 1, 0, len(old) - 2)  # the segment each lambda is on
+        t = ((x_new - x_old[below]) / (x_old[below + 1] - x_old[below]))[:, None]
+        out[name] = torch.from_numpy(rows[below] * (1 - t) + rows[below + 1] * t).float()
+    for name, value in state.items():
+        if name.startswith("hyper.z_prior."):  # level-major blocks of the hyper channels
+            blocks = value.reshape(len(old), -1, *value.shape[1:])
+            out[name] = blocks[nearest].reshape(-1, *value.shape[1:]).clone()
+    for j, i in enumerate(nearest):  # a factorized prior per level: priors.<level>.<parameter>
+        prefix = f"priors.{i}."
+        out.update({f"priors.{j}.{k[len(prefix):]}": v for k, v in state.items() if k.startswith(prefix)})
+    return out
 
 
 @torch.no_grad()
 def grow_into(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Copy each tensor of `state` into the overlapping slice of the same-named parameter."""
+    """Copy each tensor of `state` into the overlapping slice of the same-named parameter. Where a layer
+    gained inputs (wider layers, added latent channels or input planes, the signed latents beside the
+    magnitudes in a hyperprior's analysis), the weights from them into its old outputs start at zero, so
+    the old outputs are unchanged; added outputs keep their fresh initialisation."""
     own = model.state_dict()
+    transposed = {f"{name}.weight" for name, m in model.named_modules() if isinstance(m, torch.nn.ConvTranspose2d)}
     for name, value in state.items():
         if name not in own or own[name].dim() != value.dim():
             continue
         target = own[name]
-        if name in GROWN_INPUTS and target.shape != value.shape:
-            target.zero_()  # added latent / input channels start unused: the old model's output at first
+        if target.dim() >= 2 and target.shape != value.shape:
+            out_dim, in_dim = (1, 0) if name in transposed else (0, 1)  # ConvTranspose2d weights are (in, out, ...)
+            new_inputs = [slice(None)] * target.dim()
+            new_inputs[out_dim] = slice(0, value.shape[out_dim])
+            new_inputs[in_dim] = slice(value.shape[in_dim], None)
+            target[tuple(new_inputs)] = 0
         region = tuple(slice(0, min(a, b)) for a, b in zip(target.shape, value.shape))
         target[region] = value[region]
