@@ -18,11 +18,11 @@ from aeflow.models.layers import pad_to_multiple
 from aeflow.tiling import images_per_call
 
 # with the format's and the tables' names that aeflow.pipeline and benchmarks/bf16_cost.py reach through codec
-__all__ = ["DEFAULT_QUALITY", "FORMAT_VERSION", "BitstreamError", "Decoded", "analyse", "check_quality",
-           "decode_bitstream", "decode_symbols", "encode_images", "read_header", "symbols", "synthesise",
-           "tables_of"]
+__all__ = ["DEFAULT_LAMBDA", "FORMAT_VERSION", "BitstreamError", "Decoded", "analyse", "check_quality",
+           "decode_bitstream", "decode_symbols", "default_quality", "encode_images", "read_header",
+           "resolve_quality", "symbols", "synthesise", "tables_of"]
 
-DEFAULT_QUALITY = 3
+DEFAULT_LAMBDA = 0.0067  # --quality 0 picks the level trained nearest this lambda: one trade-off across level sets
 TILE = 512  # pixels per tile side for images larger than TILE + 2 * MARGIN: bounded memory
 MARGIN = 64  # pixels of context on each side of a tile (beyond the transforms' receptive field)
 
@@ -99,10 +99,11 @@ def decode_symbols(module: torch.nn.Module, q: torch.Tensor, level: int, size: t
 # --- the public entry points --------------------------------------------------------------------
 
 @torch.inference_mode()
-def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALITY, target_bpp: float = 0.0,
+def encode_images(loaded, arrays: list[np.ndarray], quality: int = 0, target_bpp: float = 0.0,
                   modes: list[str] | None = None, alphas: list | None = None, iccs: list | None = None,
                   target_psnr: float = 0.0) -> list[bytes]:
-    """Same-size uint8 HxWx3 images -> one bitstream each, at `quality` (1-based level); with target_bpp, at
+    """Same-size uint8 HxWx3 images -> one bitstream each, at `quality` (1-based level, 0: the codec's
+    default); with target_bpp, at
     the highest level whose stored size is at most target_bpp (the lowest otherwise); with target_psnr, at the
     lowest level whose decoded PSNR (dB, 8-bit RGB) reaches it (the top level otherwise)."""
     module, tables = loaded.module, tables_of(loaded)
@@ -144,8 +145,18 @@ def encode_images(loaded, arrays: list[np.ndarray], quality: int = DEFAULT_QUALI
                 lo, hi = (mid + 1, hi) if fits else (lo, mid - 1)
             out.append(best)
         else:
-            out.append(stream(i, check_quality(quality, tables.levels) - 1))
+            out.append(stream(i, resolve_quality(quality, loaded.config["lambdas"]) - 1))
     return out
+
+
+def default_quality(lambdas: list[float]) -> int:
+    """The 1-based level whose lambda is nearest DEFAULT_LAMBDA (in log-lambda)."""
+    return 1 + int(np.argmin(np.abs(np.log(np.asarray(lambdas)) - np.log(DEFAULT_LAMBDA))))
+
+
+def resolve_quality(quality: int, lambdas: list[float]) -> int:
+    """--quality as a 1-based level of a codec with these lambdas: 0 is its default level."""
+    return check_quality(quality or default_quality(lambdas), len(lambdas))
 
 
 def check_quality(quality: int, levels: int) -> int:

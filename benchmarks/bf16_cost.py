@@ -45,7 +45,7 @@ def codec_cost(loaded, photos: dict[str, np.ndarray]) -> dict:
             ref_px, fast_px = (codec.decode_bitstream(loaded, b).rgb for b in (ref, fast))
             rows[lv]["bytes_change_pct"].append(100 * (len(fast) - len(ref)) / len(ref))
             rows[lv]["psnr_change_db"].append(psnr(arr, fast_px) - psnr(arr, ref_px))
-            if lv in (1, codec.DEFAULT_QUALITY, levels):
+            if lv in (1, codec.default_quality(loaded.config["lambdas"]), levels):
                 with precision.autocast(True, CPU):
                     bf16_px = codec.decode_bitstream(loaded, ref).rgb
                 diff = np.abs(bf16_px.astype(int) - ref_px)
@@ -59,7 +59,7 @@ def codec_cost(loaded, photos: dict[str, np.ndarray]) -> dict:
         "synthesis_bf16": {"mean_abs_pixel_diff": round(float(np.mean([d[0] for d in pixel_diff])), 4),
                            "max_abs_pixel_diff": max(d[1] for d in pixel_diff),
                            "psnr_change_db": round(float(np.mean(decode_psnr_change)), 4),
-                           "levels": [1, codec.DEFAULT_QUALITY, levels]}}
+                           "levels": [1, codec.default_quality(loaded.config["lambdas"]), levels]}}
 
 
 def restore_cost(photos: dict[str, np.ndarray]) -> dict:

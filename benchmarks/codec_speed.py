@@ -85,7 +85,7 @@ def main() -> None:
                         "analysis": rate(lambda: codec.analyse(module, x), mp),
                         "synthesis": rate(lambda: codec.synthesise(module, y, arr.shape[:2]), mp)}
         torch.set_num_threads(1)
-        for level in (1, codec.DEFAULT_QUALITY, tables.levels):
+        for level in (1, codec.default_quality(loaded.config["lambdas"]), tables.levels):
             scaled = y * module._gain(module.log_gain, level - 1)
             q = torch.round(scaled)[0].numpy()
             z = torch.round(module.hyper.side(scaled))[0].numpy() if level - 1 in tables.hyper_levels else None

@@ -129,3 +129,18 @@ def test_alpha_and_icc_survive_the_bitstream(model, photos):
     out = codec.decode_bitstream(model, bits)
     np.testing.assert_array_equal(out.alpha, alpha)
     assert out.icc == icc and out.mode == "RGBA"
+
+
+def test_quality_0_is_the_level_trained_nearest_the_default_lambda(model, photos):
+    """A codec's default level is chosen by its lambda, so codecs with more or fewer levels default to the same
+    trade-off: CompressAI's quality 3 (lambda 0.0067) for the shipped eight."""
+    assert codec.default_quality([0.0018, 0.0035, 0.0067, 0.013]) == 3
+    assert codec.default_quality([0.0004, 0.0009, 0.0018, 0.0035, 0.0067, 0.013, 0.025]) == 5
+    assert codec.default_quality([0.001, 0.005, 0.02]) == 2
+    lambdas = model.config["lambdas"]
+    arr = photos["chelsea"][:128, :160]
+    default = codec.encode_images(model, [arr])[0]
+    assert default == codec.encode_images(model, [arr], quality=codec.default_quality(lambdas))[0]
+    assert lambdas[bitstream.read_header(default)["level"] - 1] == 0.0067
+    with pytest.raises(ValueError, match=f"levels 1..{len(lambdas)}"):
+        codec.encode_images(model, [arr], quality=len(lambdas) + 1)

@@ -35,9 +35,10 @@ class JobConfig:
     format: str = _opt("png", ("decompress", "restore"), "output image format", choices=("png", "webp", "jpeg"))
     task: str = _opt("denoise", ("restore",), "restoration task: denoise, deblock, deblur, inpaint, or enhance "
                                               "(the deblurrer on clean photos, with --strength)")
-    quality: int = _opt(codec.DEFAULT_QUALITY, ("compress", "generate"),
-                        "the codec's quality level, 1 (smallest) .. its number of levels (generate: the level "
-                        "whose latents and hyperprior it samples)")
+    quality: int = _opt(0, ("compress", "generate"),
+                        "the codec's quality level, 1 (smallest) .. its number of levels; 0: its default, the "
+                        f"level trained nearest lambda {codec.DEFAULT_LAMBDA:g} (generate: the level whose latents "
+                        "and hyperprior it samples; 0: the top one)")
     target_bpp: float = _opt(0.0, ("compress",), "per image, the highest level whose stored size is at most this "
                                                  "many bits per pixel (overrides --quality)")
     target_psnr: float = _opt(0.0, ("compress",), "per image, the lowest level whose decoded PSNR (dB, 8-bit RGB) "

@@ -10,7 +10,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -119,7 +119,7 @@ def compress(job: JobConfig) -> JobSummary:
     model = job.model or modelstore.DEFAULT_CODEC
     loaded = _load(model, job, "codec", "compress needs a codec")
     if job.target_bpp <= 0 and job.target_psnr <= 0:
-        codec.check_quality(job.quality, len(loaded.config["lambdas"]))
+        job = replace(job, quality=codec.resolve_quality(job.quality, loaded.config["lambdas"]))
     rate = (f"psnr{job.target_psnr:g}" if job.target_psnr > 0 else
             f"bpp{job.target_bpp:g}" if job.target_bpp > 0 else f"q{job.quality}")
     return run_job(job, Spec(

@@ -4,7 +4,6 @@ run's shape (wider layers, more latent channels or levels, a noise-map input, a 
 from __future__ import annotations
 
 import numpy as np
-import numpy as np
 import torch
 
 from aeflow import degrade, modelstore
