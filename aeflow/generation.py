@@ -37,9 +37,13 @@ class Anchor:
 
 
 def check_level(loaded, quality: int) -> int:
-    """The 0-based level for a 1-based --quality (0: the top level), which must be coded under a hyperprior."""
+    """The 0-based level for a 1-based --quality, which must be coded under a hyperprior. 0: the codec's default
+    level, or its top one where only the top level has a hyperprior (older codecs)."""
     tables = tables_of(loaded)
-    level = (quality or tables.levels) - 1
+    if not quality:
+        default = codec.default_quality(loaded.config["lambdas"]) - 1
+        quality = 1 + (default if default in tables.hyper_levels else max(tables.hyper_levels, default=default))
+    level = quality - 1
     codec.check_quality(level + 1, tables.levels)
     if level not in tables.hyper_levels:
         have = ", ".join(str(lv + 1) for lv in sorted(tables.hyper_levels)) or "none"

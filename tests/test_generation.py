@@ -67,6 +67,11 @@ def test_unconditional_samples_have_the_size_asked_and_differ(codec_model):
 def test_a_level_without_a_hyperprior_is_refused(tiny_codec):
     with pytest.raises(ValueError, match="no hyperprior at that level"):
         generation.check_level(tiny_codec, 1)  # its hyperprior codes the top level only
+    assert generation.check_level(tiny_codec, 0) == 1  # by default, the level it has a hyperprior at
+
+
+def test_generation_defaults_to_the_codecs_default_level(codec_model):
+    assert generation.check_level(codec_model, 0) == codec.default_quality(codec_model.config["lambdas"]) - 1
 
 
 def test_generate_job_writes_variations_once_each_and_a_rerun_gives_the_same_pixels(ray_local, tmp_path, photos):

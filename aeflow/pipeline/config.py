@@ -38,7 +38,8 @@ class JobConfig:
     quality: int = _opt(0, ("compress", "generate"),
                         "the codec's quality level, 1 (smallest) .. its number of levels; 0: its default, the "
                         f"level trained nearest lambda {codec.DEFAULT_LAMBDA:g} (generate: the level whose latents "
-                        "and hyperprior it samples; 0: the top one)")
+                        "and hyperprior it samples; 0: that default, or the top level of a codec whose hyperprior "
+                        "codes only that one)")
     target_bpp: float = _opt(0.0, ("compress",), "per image, the highest level whose stored size is at most this "
                                                  "many bits per pixel (overrides --quality)")
     target_psnr: float = _opt(0.0, ("compress",), "per image, the lowest level whose decoded PSNR (dB, 8-bit RGB) "
