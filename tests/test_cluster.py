@@ -78,8 +78,12 @@ def test_two_node_cluster_spreads_model_actors_over_both_nodes(tmp_path, photos)
     written once; Ray Train with four workers finishes and writes its model. Actors and workers sized for
     one free CPU in all (4 x 0.75) left half a CPU on each node and both hung."""
     src = write_photos(tmp_path / "in", {f"{name}-{i}": arr for i in range(3) for name, arr in photos.items()})
-    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT)}
+    # Ray writes the cluster's address under $RAY_TMPDIR/ray: the test's own folder, not the machine's /tmp/ray
+    # (absent on a fresh machine). Short, for the Unix socket paths beneath it.
+    own_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")
+    temp_dir = os.path.join(own_tmp, "ray")
+    os.makedirs(temp_dir)
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PYTHONPATH": str(ROOT), "RAY_TMPDIR": own_tmp}
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "two_node_job.py"), str(src), str(tmp_path / "lat"),
                            temp_dir, str(tmp_path / "model")], capture_output=True, text=True, timeout=400, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
