@@ -49,7 +49,7 @@ def test_quality_and_target_bpp_choose_the_level(ray_local, tmp_path, photos):
     assert cli.main(args) == 0
     row = pq.read_table(tmp_path / "t" / "latents-00000.parquet").to_pylist()[0]
     assert row["bpp"] <= target and 1 <= row["quality"] < 5
-    assert cli.main(["compress", "--input", str(src), "--output", str(tmp_path / "bad"), "--quality", "0"]) == 2
+    assert cli.main(["compress", "--input", str(src), "--output", str(tmp_path / "bad"), "--quality", "99"]) == 2
 
 
 def test_target_psnr_picks_the_lowest_level_that_reaches_it_and_records_what_it_reached(ray_local, tmp_path, photos):
