@@ -1,7 +1,7 @@
 """Variations from a codec's hyperprior on held-out real photos (scikit-image's, never trained on): for each
 photo and temperature, the PSNR of its variations to the photo at full size and seen 16x smaller (the layout),
 beside its plain decode's. Prints JSON.
-Usage: python benchmarks/generate_variations.py [--model URI] [--quality 6] [--seeds 3]
+Usage: python benchmarks/generate_variations.py [--model URI] [--quality 8] [--seeds 3]
 """
 
 import argparse
@@ -28,7 +28,7 @@ def downscaled(a: np.ndarray, factor: int = 16) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default=modelstore.DEFAULT_CODEC)
-    parser.add_argument("--quality", type=int, default=6)
+    parser.add_argument("--quality", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
     import skimage.data
