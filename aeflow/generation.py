@@ -40,10 +40,9 @@ def check_level(loaded, quality: int) -> int:
     """The 0-based level for a 1-based --quality, which must be coded under a hyperprior. 0: the codec's default
     level, or its top one where only the top level has a hyperprior (older codecs)."""
     tables = tables_of(loaded)
-    if not quality:
-        default = codec.default_quality(loaded.config["lambdas"]) - 1
-        quality = 1 + (default if default in tables.hyper_levels else max(tables.hyper_levels, default=default))
-    level = quality - 1
+    level = (quality or codec.default_quality(loaded.config["lambdas"])) - 1
+    if not quality and level not in tables.hyper_levels and tables.hyper_levels:
+        level = max(tables.hyper_levels)
     codec.check_quality(level + 1, tables.levels)
     if level not in tables.hyper_levels:
         have = ", ".join(str(lv + 1) for lv in sorted(tables.hyper_levels)) or "none"

@@ -31,8 +31,9 @@ from PIL import Image
 from aeflow import codec, images, modelstore
 from aeflow.metrics import bd_psnr, bpp, psnr
 
+STEPS_PER_EPOCH = 50  # an arm stops at an epoch boundary: the budget's granularity
 RECIPE = ["--batch-size", "8", "--crop", "256", "--scale-min", "0.5", "--lr", "2e-4", "--cooldown", "0",
-          "--ema", "0.995", "--warmup", "200", "--compile", "--threads", "2", "--steps-per-epoch", "50"]
+          "--ema", "0.995", "--warmup", "200", "--compile", "--threads", "2", "--steps-per-epoch", str(STEPS_PER_EPOCH)]
 
 
 def split(data: str, work: str) -> tuple[str, str]:
@@ -75,7 +76,7 @@ def train_arm(width: int, init: str, train: str, work: str, minutes: float) -> d
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     subprocess.run([*base, "--epochs", str(epochs)], check=True, stdout=log, stderr=log)  # writes --out
-    steps = epochs * 50
+    steps = epochs * STEPS_PER_EPOCH
     arm = {"width": width, "model": out, "steps": steps, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
             "cpu_s_per_step": round(cpu / max(steps, 1), 3),
             "fp16_mb": round(os.path.getsize(os.path.join(out, "model.safetensors")) / 1e6, 2)}
