@@ -53,20 +53,22 @@ def _decode(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-def sweep_classic(arr: np.ndarray, fmt: str) -> list[dict]:
-    """bpp, PSNR and MS-SSIM of Pillow `fmt` at every SWEEP quality."""
+def sweep_classic(arr: np.ndarray, fmt: str, with_ms_ssim: bool = True) -> list[dict]:
+    """bpp, PSNR and (unless skipped) MS-SSIM of Pillow `fmt` at every SWEEP quality."""
     h, w = arr.shape[:2]
     out = []
     for q in SWEEP:
         data = _classic(arr, fmt, q)
         dec = _decode(data)
         out.append({"quality": q, "bpp": metrics.bpp(len(data), w, h), "psnr": metrics.psnr(arr, dec),
-                    "ms_ssim": metrics.ms_ssim(arr, dec)})
+                    "ms_ssim": metrics.ms_ssim(arr, dec) if with_ms_ssim else math.nan})
     return out
 
 
-def evaluate_image(loaded, arr: np.ndarray) -> dict:
-    """Every quality level of the codec, and the JPEG/WebP sweeps, on one image."""
+def evaluate_image(loaded, arr: np.ndarray, formats: tuple[str, ...] = ("JPEG", "WEBP"),
+                   with_ms_ssim: bool = True) -> dict:
+    """Every quality level of the codec, and the classical sweeps, on one image. MS-SSIM can be skipped
+    (NaN) where only PSNR is wanted: it costs more than the codec itself."""
     h, w = arr.shape[:2]
     levels = []
     for q in range(1, len(loaded.config["lambdas"]) + 1):
@@ -76,9 +78,10 @@ def evaluate_image(loaded, arr: np.ndarray) -> dict:
         dec = codec.decode_bitstream(loaded, bits).rgb
         t2 = time.perf_counter()
         levels.append({"quality": q, "bytes": len(bits), "bpp": metrics.bpp(len(bits), w, h),
-                       "psnr": metrics.psnr(arr, dec), "ms_ssim": metrics.ms_ssim(arr, dec),
+                       "psnr": metrics.psnr(arr, dec),
+                       "ms_ssim": metrics.ms_ssim(arr, dec) if with_ms_ssim else math.nan,
                        "encode_s": t1 - t0, "decode_s": t2 - t1})
-    classic = {fmt: sweep_classic(arr, fmt) for fmt in ("JPEG", "WEBP")}
+    classic = {fmt: sweep_classic(arr, fmt, with_ms_ssim) for fmt in formats}
     for lv in levels:
         for fmt, pts in classic.items():
             for m in ("psnr", "ms_ssim"):

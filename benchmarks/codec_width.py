@@ -15,7 +15,6 @@ beside it, each arm's encode and decode seconds per megapixel, since a wider cod
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
@@ -26,10 +25,10 @@ import sys
 import time
 
 import numpy as np
-from PIL import Image
 
-from aeflow import codec, images, modelstore
-from aeflow.metrics import bd_psnr, bpp, psnr
+from aeflow import images, modelstore
+from aeflow.evaluate import evaluate_image
+from aeflow.metrics import bd_psnr
 
 STEPS_PER_EPOCH = 50  # an arm stops at an epoch boundary: the budget's granularity
 RECIPE = ["--batch-size", "8", "--crop", "256", "--scale-min", "0.5", "--lr", "2e-4", "--cooldown", "0",
@@ -92,23 +91,12 @@ def rd_curves(model: str, folder: str) -> dict:
     for name in sorted(os.listdir(folder)):
         with open(os.path.join(folder, name), "rb") as f:
             arr = images.decode_picture(f.read()).rgb
-        h, w = arr.shape[:2]
-        curve = []
-        for level in range(1, len(loaded.config["lambdas"]) + 1):
-            t0 = time.perf_counter()
-            bits = codec.encode_images(loaded, [arr], level)[0]
-            t1 = time.perf_counter()
-            out = codec.decode_bitstream(loaded, bits).rgb
-            enc_s, dec_s = enc_s + t1 - t0, dec_s + time.perf_counter() - t1
-            curve.append((bpp(len(bits), w, h), psnr(arr, out)))
-        ours.append(curve)
-        sweep = []
-        for q in range(5, 100, 5):
-            buf = io.BytesIO()
-            Image.fromarray(arr).save(buf, format="WEBP", quality=q)
-            sweep.append((bpp(buf.tell(), w, h), psnr(arr, np.asarray(Image.open(buf).convert("RGB")))))
-        webp.append(sweep)
-        pixels += h * w * len(curve) / 1e6
+        r = evaluate_image(loaded, arr, formats=("WEBP",), with_ms_ssim=False)
+        ours.append([(lv["bpp"], lv["psnr"]) for lv in r["levels"]])
+        webp.append([(p["bpp"], p["psnr"]) for p in r["classic"]["WEBP"]])
+        enc_s += sum(lv["encode_s"] for lv in r["levels"])
+        dec_s += sum(lv["decode_s"] for lv in r["levels"])
+        pixels += arr.shape[0] * arr.shape[1] * len(r["levels"]) / 1e6
     return {"ours": ours, "webp": webp, "encode_s_per_megapixel": enc_s / pixels,
             "decode_s_per_megapixel": dec_s / pixels}
 
