@@ -5,7 +5,8 @@ the tests and evaluation use (scikit-image's colour photos, OpenCV's samples, uk
 wallpapers) are kept out. Run: `python -m aeflow.corpus corpus/` (needs apt-get, Debian's packages).
 
 Sources: wallpapers (lomiri 16.04, MATE, Plasma), Palapeli's puzzle photos, the photos in three
-Scribus templates and digiKam's about page, GCompris's photos (animals, monuments, musicians,
+Scribus templates and digiKam's about page, Tux Paint's photo templates, GNOME Taquin's cats, the phone
+photos of forensics-samples-files, GCompris's photos (animals, monuments, musicians,
 underwater; read out of its Qt resource files) and scikit-image's grey textures and camera.
 """
 
@@ -37,6 +38,16 @@ PACKAGES = {
                          ["br2/halfmoon.jpg", "br2/moon.jpg", "br2/nature.jpg", "br2/sunset.jpg",
                           "cal2/moon.jpg", "menu2/pizza.jpg"], ""),
     "digikam-data": ("usr/share/digikam/about/images", ["body-background.jpg"], ""),
+    # Tux Paint's photo templates (bark, moss, rock, waves, sheep, brickwork); those under MIN_SIDE left out
+    "tuxpaint-data": ("usr/share/tuxpaint/templates",
+                      [f"{n}.jpg" for n in ("burnt_bark", "cliff", "corn_maze", "jellyfish", "lighthouse",
+                                            "mossy_log", "mudstone", "ocean_splash", "ocean_waves",
+                                            "redwoods_above", "rocks", "sheep", "spiders_web",
+                                            "sun_behind_clouds", "sun_behind_leaves")], ""),
+    # close-ups of cats' fur from Wikimedia Commons, each credited in the copyright file
+    "gnome-taquin": ("usr/share/gnome-taquin", "themes/cats/*.jpg", "data/"),
+    # phone photos: a city and railway, a circuit board, dogs on leaves (the Debian logos left out)
+    "forensics-samples-files": ("usr/share/forensics-samples", "original-files/pic*/IMG*", ""),
 }
 EXTRA_FILES = {"mate-backgrounds": ["abstract/Elephants.jpg"]}
 HAND_LICENSES = {  # package: (license, copyright, where it was read), for copyright files that are not DEP-5
@@ -216,6 +227,7 @@ def _package_photos(package: str, tmp_path: Path, out: Path) -> list[dict]:
             lic, holder, where = HAND_LICENSES[package]
         else:
             (lic, holder), where = _license_for(strip + rel, paras), f"/usr/share/doc/{package}/copyright (DEP-5)"
+            lic = _norm_license(lic)
         record = {}
         credit = _desktop_credit(f)
         if credit:  # the photo's own license beats the package-wide DEP-5 paragraph
