@@ -1,3 +1,3 @@
 """aeflow: autoencoder image compression, restoration and generation at archive scale on Ray."""
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"

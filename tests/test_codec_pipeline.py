@@ -126,11 +126,11 @@ def test_rows_of_the_previous_codec_still_decode_exactly_and_a_retired_codec_is_
     """A release ships the current codec and the one before it: rows the previous codec wrote decode by
     fingerprint to the library's pixels; a row of a retired codec is refused, naming it and its version."""
     src = write_photos(tmp_path / "in", {"coffee": photos["coffee"]})
-    previous = modelstore.load_model("codec-2cfa5210")
-    for quality in ("3", "8"):  # a low and the top level
+    previous = modelstore.load_model("codec-e1318b0f")
+    for quality in ("3", "11"):  # a low and the top level
         out = tmp_path / f"old-{quality}"
         assert cli.main(["compress", "--input", str(src), "--output", str(out), "--quality", quality,
-                         "--model", "codec-2cfa5210"]) == 0
+                         "--model", "codec-e1318b0f"]) == 0
         row = pq.read_table(out / "latents-00000.parquet").to_pylist()[0]
         assert row["model"] == previous.fingerprint != modelstore.load_model(modelstore.DEFAULT_CODEC).fingerprint
         assert cli.main(["decompress", "--input", str(out), "--output", str(tmp_path / f"old-{quality}-out")]) == 0

@@ -22,12 +22,12 @@ def test_a_model_folder_without_safetensors_is_refused_not_unpickled(tmp_path):
 
 def test_shipped_models_load_by_name_with_stable_fingerprints():
     prints = modelstore.shipped_fingerprints()
-    assert set(prints.values()) == {"codec-default", "codec-2cfa5210", "denoise-default", "deblock-default",
+    assert set(prints.values()) == {"codec-default", "codec-e1318b0f", "denoise-default", "deblock-default",
                                     "deblur-default", "inpaint-default"}
     for fp, name in prints.items():
         assert modelstore.load_model(name).fingerprint == fp
 
 
 def test_unknown_model_name_lists_the_shipped_ones():
-    with pytest.raises(FileNotFoundError, match="shipped models: codec-2cfa5210, codec-default, deblock-default"):
+    with pytest.raises(FileNotFoundError, match="shipped models: codec-default, codec-e1318b0f, deblock-default"):
         modelstore.load_model("no-such-model")
